@@ -1,0 +1,259 @@
+"""The one module that speaks to TransformerLens.
+
+Works with HookedTransformer (TL 2.16+/3.x) and TransformerBridge (TL 3.x/4.x) through the hook API they
+share (``hook_dict``, ``hooks()``, ``run_with_cache``, ``generate``). Models are recognised by duck typing;
+no TransformerLens class is imported at module level (TL 4 has no HookedTransformer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, HookError
+
+SITES = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post"}
+# canonical bridge names the legacy aliases point to; used when the aliases are gone (SAELens-wrapped bridges)
+_BRIDGE_CANONICAL = {"resid_pre": "hook_in", "resid_mid": "ln2.hook_in", "resid_post": "hook_out"}
+
+
+def tl_version() -> str:
+    try:
+        return importlib.metadata.version("transformer-lens")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def tl_major() -> int:
+    v = tl_version()
+    return int(v.split(".")[0]) if v[:1].isdigit() else 0
+
+
+def check_model(model: Any) -> None:
+    """Raise ConfigError unless ``model`` exposes the TransformerLens hook API."""
+    missing = [a for a in ("hook_dict", "hooks", "run_with_cache", "cfg") if not hasattr(model, a)]
+    if missing:
+        raise ConfigError(
+            f"{type(model).__name__} is not a TransformerLens model (missing {missing}); pass a HookedTransformer or "
+            "TransformerBridge, or a name for msma_lens.load_model"
+        )
+
+
+def backend(model: Any) -> str:
+    """``"TransformerBridge"``, ``"HookedTransformer"`` or the class name of another hooked root module."""
+    names = [c.__name__ for c in type(model).__mro__]
+    if any("Bridge" in n for n in names):
+        return "TransformerBridge"
+    if "HookedTransformer" in names:
+        return "HookedTransformer"
+    if "HookedEncoder" in names:
+        return "HookedEncoder"
+    return type(model).__name__
+
+
+def compatibility_mode(model: Any) -> bool | None:
+    """Whether a bridge runs in compatibility mode (None for HookedTransformer)."""
+    if backend(model) != "TransformerBridge":
+        return None
+    for attr in ("compatibility_mode", "_compatibility_mode"):
+        v = getattr(model, attr, None)
+        if isinstance(v, bool):
+            return v
+    v = getattr(getattr(model, "cfg", None), "compatibility_mode", None)
+    return bool(v) if v is not None else False
+
+
+def n_layers(model: Any) -> int:
+    return int(model.cfg.n_layers)
+
+
+def d_model(model: Any) -> int:
+    return int(model.cfg.d_model)
+
+
+def is_encoder(model: Any) -> bool:
+    """True for encoder-only models (BERT family): they have no ``generate``."""
+    cfg = model.cfg
+    arch = str(getattr(cfg, "original_architecture", "") or getattr(cfg, "architecture", "") or "")
+    if any(k in arch for k in ("Bert", "Roberta", "Electra", "Encoder", "MaskedLM")):
+        return True
+    return backend(model) == "HookedEncoder"
+
+
+def model_dtype(model: Any) -> torch.dtype:
+    """Dtype of the weights (``cfg.dtype`` can be wrong on the bridge)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def model_device(model: Any) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def provenance(model: Any) -> dict:
+    """What an artifact must record about the model it came from."""
+    return {
+        "model_id": getattr(model, "msma_model_id", None) or str(getattr(model.cfg, "model_name", type(model).__name__)),
+        "backend": backend(model),
+        "tl_version": tl_version(),
+        "compatibility_mode": compatibility_mode(model),
+        "n_layers": n_layers(model),
+        "d_model": d_model(model),
+        "dtype": str(model_dtype(model)),
+    }
+
+
+def _saelens_note(model: Any) -> str:
+    if "SAE" in type(model).__name__:
+        return (" (this looks like a SAELens-wrapped model: SAETransformerBridge drops the legacy HookedTransformer "
+                "aliases such as blocks.N.hook_resid_post; use the canonical blocks.N.hook_out names or hook the "
+                "SAE's hook_sae_output)")
+    return ""
+
+
+def resid_name(model: Any, layer: int, site: str = "resid_post") -> str:
+    """The hook name of a residual site of block ``layer``, validated against ``model.hook_dict``."""
+    if site not in SITES:
+        raise ConfigError(f"unknown residual site {site!r}; valid: {list(SITES)}")
+    n = n_layers(model)
+    if not isinstance(layer, int) or not 0 <= layer < n:
+        raise ConfigError(f"layer {layer!r} is outside the model's blocks 0..{n - 1}")
+    hd = model.hook_dict
+    name = f"blocks.{layer}.{SITES[site]}"
+    if name in hd:
+        return name
+    alt = f"blocks.{layer}.{_BRIDGE_CANONICAL[site]}"
+    if alt in hd:
+        return alt
+    raise HookError(f"hook {name!r} (or {alt!r}) not found on {type(model).__name__}{_saelens_note(model)}")
+
+
+def validate_hook_names(model: Any, names: Iterable[str]) -> list[str]:
+    """Raise HookError for any name not in ``model.hook_dict`` (TL 3.9 ignores unknown names silently)."""
+    names = list(names)
+    hd = model.hook_dict
+    bad = [n for n in names if n not in hd]
+    if bad:
+        close = sorted({k for k in hd if any(k.split(".")[-1] == b.split(".")[-1] for b in bad)})[:5]
+        hint = f"; similar names on this model: {close}" if close else ""
+        raise HookError(f"unknown hook name(s) {bad} on {type(model).__name__}{hint}{_saelens_note(model)}")
+    return names
+
+
+@dataclass
+class HookRecord:
+    """Per-hook call counts for one scoped session."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def unfired(self) -> list[str]:
+        return [n for n, c in self.calls.items() if c == 0]
+
+
+@contextlib.contextmanager
+def scoped_hooks(
+    model: Any,
+    fwd_hooks: list[tuple[str, Callable]],
+    *,
+    require_fired: bool = True,
+) -> Iterator[HookRecord]:
+    """Attach forward hooks for the duration of the block; always removed, also on exceptions and Ctrl-C.
+
+    Names are validated first. On a normal exit, hooks that never fired raise HookError (a silent no-op is
+    the most common TransformerLens failure). Hooks the user attached with ``add_hook`` stay untouched.
+    """
+    validate_hook_names(model, [n for n, _ in fwd_hooks])
+    record = HookRecord({n: 0 for n, _ in fwd_hooks})
+
+    def counted(name: str, fn: Callable) -> Callable:
+        def wrapper(x, hook):
+            record.calls[name] += 1
+            return fn(x, hook)
+
+        return wrapper
+
+    wrapped = [(n, counted(n, fn)) for n, fn in fwd_hooks]
+    with model.hooks(fwd_hooks=wrapped):
+        yield record
+    if require_fired and record.unfired():
+        raise HookError(f"hook(s) {record.unfired()} never fired during the forward pass{_saelens_note(model)}")
+
+
+def count_attached_hooks(model: Any) -> int:
+    """Number of forward hooks currently attached to the model's hook points (aliases counted once)."""
+    seen, total = set(), 0
+    for hp in model.hook_dict.values():
+        if id(hp) in seen:
+            continue
+        seen.add(id(hp))
+        total += len(getattr(hp, "fwd_hooks", []) or []) + len(getattr(hp, "_forward_hooks", {}) or {})
+    return total
+
+
+def to_tokens(model: Any, texts: list[str], *, prepend_bos: bool = True, padding_side: str = "right",
+              max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise a batch with the model's tokenizer: ``(tokens [B, T], attention_mask [B, T])``.
+
+    BOS is prepended when the tokenizer has one and ``prepend_bos``. Padding uses the pad id (or EOS) and
+    the mask is returned explicitly: never infer it from pad ids (SmolLM2 has pad == eos).
+    """
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ConfigError(f"{type(model).__name__} has no tokenizer; pass token ids instead of text")
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    seqs = []
+    bos = tok.bos_token_id if prepend_bos else None
+    for t in texts:
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        if bos is not None:
+            ids = [bos, *ids]
+        if max_length is not None:
+            ids = ids[:max_length]
+        seqs.append(ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    T = max(len(s) for s in seqs)
+    toks = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if padding_side == "right":
+            toks[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        else:
+            toks[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, T - len(s):] = 1
+    return toks, mask
+
+
+def context_length(model: Any) -> int:
+    n = getattr(model.cfg, "n_ctx", None)
+    return int(n) if n else 2048
+
+
+def run_with_cache(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor, names: list[str],
+                   stop_at_layer: int | None) -> dict[str, torch.Tensor]:
+    """Cache ``names`` for one batch, stopping after block ``stop_at_layer - 1``. Checks every name fired."""
+    validate_hook_names(model, names)
+    wanted = set(names)
+    kwargs: dict[str, Any] = {"names_filter": lambda n: n in wanted, "return_type": None}
+    if stop_at_layer is not None:
+        kwargs["stop_at_layer"] = stop_at_layer
+    try:
+        _, cache = model.run_with_cache(tokens, attention_mask=attention_mask, **kwargs)
+    except TypeError:
+        # very old HT signatures do not take return_type=None with stop_at_layer
+        kwargs.pop("return_type")
+        _, cache = model.run_with_cache(tokens, attention_mask=attention_mask, **kwargs)
+    missing = [n for n in names if n not in cache]
+    if missing:
+        raise HookError(f"hook(s) {missing} never fired during the forward pass{_saelens_note(model)}")
+    return {n: cache[n] for n in names}
