@@ -195,43 +195,56 @@ def count_attached_hooks(model: Any) -> int:
         if id(hp) in seen:
             continue
         seen.add(id(hp))
-        total += len(getattr(hp, "fwd_hooks", []) or []) + len(getattr(hp, "_forward_hooks", {}) or {})
+        total += len(getattr(hp, "_forward_hooks", {}) or {})
     return total
 
 
 def to_tokens(model: Any, texts: list[str], *, prepend_bos: bool = True, padding_side: str = "right",
-              max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise a batch with the model's tokenizer: ``(tokens [B, T], attention_mask [B, T])``.
+              max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokenise a batch: ``(tokens [B, T], attention_mask [B, T], content_mask [B, T])``.
 
-    BOS is prepended when the tokenizer has one and ``prepend_bos``. Padding uses the pad id (or EOS) and
-    the mask is returned explicitly: never infer it from pad ids (SmolLM2 has pad == eos).
+    Decoders get BOS prepended when the tokenizer has one and ``prepend_bos``; encoders get their own special
+    tokens ([CLS]/[SEP]). ``content_mask`` is the attention mask without BOS and special tokens: the
+    positions statistics should use (BOS norms are ~100x the median). The mask is returned explicitly: never
+    infer it from pad ids (SmolLM2 has pad == eos).
     """
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise ConfigError(f"{type(model).__name__} has no tokenizer; pass token ids instead of text")
     if padding_side not in ("left", "right"):
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    seqs = []
-    bos = tok.bos_token_id if prepend_bos else None
+    encoder = is_encoder(model)
+    seqs, specials = [], []
+    bos = tok.bos_token_id if (prepend_bos and not encoder) else None
     for t in texts:
-        ids = tok(t, add_special_tokens=False)["input_ids"]
+        enc = tok(t, add_special_tokens=encoder, return_special_tokens_mask=encoder)
+        ids = list(enc["input_ids"])
+        sp = list(enc["special_tokens_mask"]) if encoder else [0] * len(ids)
         if bos is not None:
-            ids = [bos, *ids]
-        if max_length is not None:
-            ids = ids[:max_length]
+            ids, sp = [bos, *ids], [1, *sp]
+        if max_length is not None and len(ids) > max_length:
+            ids, sp = ids[:max_length], sp[:max_length]
         seqs.append(ids)
+        specials.append(sp)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     T = max(len(s) for s in seqs)
     toks = torch.full((len(seqs), T), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if padding_side == "right":
-            toks[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-        else:
-            toks[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, T - len(s):] = 1
-    return toks, mask
+    content = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, (s, sp) in enumerate(zip(seqs, specials)):
+        sl = slice(0, len(s)) if padding_side == "right" else slice(T - len(s), T)
+        toks[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+        content[i, sl] = torch.tensor(sp, dtype=torch.long) == 0
+    return toks, mask, content
+
+
+def token_lengths(model: Any, texts: list[str], *, prepend_bos: bool = True) -> list[int]:
+    """Token count of each text as :func:`to_tokens` would produce it (before truncation)."""
+    tok = model.tokenizer
+    encoder = is_encoder(model)
+    extra = 1 if (prepend_bos and not encoder and tok.bos_token_id is not None) else 0
+    return [len(tok(t, add_special_tokens=encoder)["input_ids"]) + extra for t in texts]
 
 
 def context_length(model: Any) -> int:
@@ -257,3 +270,71 @@ def run_with_cache(model: Any, tokens: torch.Tensor, attention_mask: torch.Tenso
     if missing:
         raise HookError(f"hook(s) {missing} never fired during the forward pass{_saelens_note(model)}")
     return {n: cache[n] for n in names}
+
+
+# ----- steering helpers (interventions.py / steering.py) ---------------------------------------------------
+ATTN_HOOKS = {"query": "hook_q", "scores": "hook_attn_scores", "pattern": "hook_pattern"}
+
+
+def attn_hook_name(model: Any, layer: int, kind: str) -> str:
+    """``blocks.{layer}.attn.hook_q`` / ``hook_attn_scores`` / ``hook_pattern``, validated against ``hook_dict``."""
+    if kind not in ATTN_HOOKS:
+        raise ConfigError(f"unknown attention hook kind {kind!r}; valid: {list(ATTN_HOOKS)}")
+    n = n_layers(model)
+    if not isinstance(layer, int) or not 0 <= layer < n:
+        raise ConfigError(f"layer {layer!r} is outside the model's blocks 0..{n - 1}")
+    name = f"blocks.{layer}.attn.{ATTN_HOOKS[kind]}"
+    validate_hook_names(model, [name])
+    return name
+
+
+def attention_edits_flow(model: Any, layer: int) -> bool:
+    """Whether edits returned by ``hook_attn_scores`` / ``hook_pattern`` reach the output of block ``layer``.
+
+    HookedTransformer computes attention itself (True). Bridge attention classes that re-implement the
+    forward (Llama-family, GPT-2 joint QKV, ...) also honour edits; the generic ``AttentionBridge`` delegates
+    to the HF module and fires those hooks after the fact, so edits are discarded (BERT, RoBERTa, OPT, ...).
+    """
+    attn = getattr(model.blocks[layer], "attn", None)
+    if attn is None:
+        return False
+    generic = next((c for c in type(attn).__mro__ if c.__name__ == "AttentionBridge"), None)
+    if generic is None:
+        return True
+    return type(attn).forward is not generic.forward
+
+
+def attention_class(model: Any, layer: int) -> str:
+    return type(getattr(model.blocks[layer], "attn", None)).__name__
+
+
+def default_prepend_bos(model: Any) -> bool:
+    tok = getattr(model, "tokenizer", None)
+    has_bos = tok is not None and getattr(tok, "bos_token_id", None) is not None
+    return bool(getattr(model.cfg, "default_prepend_bos", True)) and has_bos
+
+
+def prompt_lengths(model: Any, prompts: list[str]) -> list[int]:
+    """Token count of each prompt as the model's own ``to_tokens`` tokenises it (BOS included)."""
+    return [int(model.to_tokens(p).shape[-1]) for p in prompts]
+
+
+def eos_token_id(model: Any) -> int | None:
+    tok = getattr(model, "tokenizer", None)
+    return getattr(tok, "eos_token_id", None) if tok is not None else None
+
+
+def decode(model: Any, ids: list[int]) -> str:
+    return model.tokenizer.decode(ids)
+
+
+def generate_tokens(model: Any, prompts: list[str], *, max_new_tokens: int, do_sample: bool, use_past_kv_cache: bool,
+                    stop_at_eos: bool, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """``model.generate`` on a list of strings (left-padded by the model), returning ``[B, P + n]`` token ids."""
+    out = model.generate(prompts, max_new_tokens=max_new_tokens, do_sample=do_sample, use_past_kv_cache=use_past_kv_cache,
+                         stop_at_eos=stop_at_eos, temperature=temperature, top_k=top_k, top_p=top_p,
+                         return_type="tokens", verbose=False)
+    if not isinstance(out, torch.Tensor):  # ModelOutput-like (output_logits) or tuple
+        out = getattr(out, "sequences", out[0] if isinstance(out, tuple) else out)
+    return out

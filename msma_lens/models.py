@@ -7,12 +7,12 @@ downloads silently: when a hub is needed and unreachable the error says so and l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 import warnings
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import _tl
+from ._hub import hub_offline, hub_reachable
 from .artifacts import sha256_file, write_json_atomic
 from .errors import ConfigError, ModelLoadError
 
@@ -65,6 +66,12 @@ def _package_dir(name: str) -> Path:
     return Path(spec.origin).parent
 
 
+def available_backends() -> list[str]:
+    """Backends the installed TransformerLens offers: ``bridge`` (TL >= 3) and/or ``hooked`` (TL < 4)."""
+    major = _tl.tl_major()
+    return [b for b, ok in (("bridge", major >= 3), ("hooked", major < 4)) if ok]
+
+
 def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
@@ -101,6 +108,15 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
         raise ConfigError(f"model name must be a non-empty string, got {name_or_path!r}")
     be = _resolve_backend(backend)
     dt = _dtype(dtype)
+    local = name_or_path in OFFLINE_MODELS or name_or_path.endswith(".gguf") or Path(name_or_path).exists()
+    with hub_offline() if local else contextlib.nullcontext():
+        model = _load(name_or_path, be, seed=seed, n_layers=n_layers, d_model=d_model)
+    model.msma_model_id = name_or_path
+    model.eval()
+    return model.to(device=torch.device(device), dtype=dt) if (dt != torch.float32 or str(device) != "cpu") else model
+
+
+def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_model: int | None) -> Any:
     if name_or_path in ("tiny-gpt2", "tiny-llama"):
         model = _load_tiny(name_or_path, be, seed=seed, n_layers=n_layers or 4, d_model=d_model or 64)
     elif name_or_path == "smollm2-135m":
@@ -122,9 +138,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
     else:
         raise ModelLoadError(f"unknown model {name_or_path!r}: not an offline name, a local path or a Hugging Face id "
                              f"(owner/name). Offline names: {list(OFFLINE_MODELS)}")
-    model.msma_model_id = name_or_path
-    model.eval()
-    return model.to(device=torch.device(device), dtype=dt) if (dt != torch.float32 or str(device) != "cpu") else model
+    return model
 
 
 # ----- SmolLM2: GGUF -> cached safetensors ---------------------------------------------------------------
@@ -266,18 +280,6 @@ def _load_local(path: str, backend: str) -> Any:
     return _wrap_hf(hf.eval(), tok, local, backend, str(p))
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers within ``timeout`` seconds (False when HF_HUB_OFFLINE is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _load_hub(model_id: str, backend: str) -> Any:
     from transformers import AutoConfig
 
@@ -286,7 +288,7 @@ def _load_hub(model_id: str, backend: str) -> Any:
         in_cache = True
     except (OSError, ValueError):
         in_cache = False
-    if not in_cache and not hub_reachable():
+    if not in_cache and not hub_reachable(f"api/models/{model_id}"):
         raise ModelLoadError(f"model {model_id!r} is not in the local Hugging Face cache and the hub is unreachable "
                              f"(offline). Offline names: {list(OFFLINE_MODELS)}; or pass a local directory or .gguf path")
     try:
@@ -319,7 +321,7 @@ def tiny_tokenizer() -> Any:
     """
     from transformers import AutoTokenizer
 
-    d = cache_dir() / "tokenizers" / "tiny-bpe-512-v1"
+    d = cache_dir() / "tokenizers" / "tiny-bpe-512-v2"
     if not (d / "tokenizer.json").is_file():
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import PreTrainedTokenizerFast
@@ -334,6 +336,10 @@ def tiny_tokenizer() -> Any:
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tiny-bpe.", dir=d.parent))
         fast.save_pretrained(str(tmp))
+        # transformers 5 writes "TokenizersBackend", which transformers 4 (TL 2.x) cannot load
+        tc = json.loads((tmp / "tokenizer_config.json").read_text())
+        tc["tokenizer_class"] = "PreTrainedTokenizerFast"
+        write_json_atomic(tmp / "tokenizer_config.json", tc)
         try:
             os.replace(tmp, d)
         except OSError:  # another process won the race
@@ -350,14 +356,14 @@ def _load_tiny(name: str, backend: str, *, seed: int, n_layers: int, d_model: in
     if name == "tiny-gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=4, vocab_size=V, n_positions=256,
+        cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=4, vocab_size=V, n_positions=1024,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         hf = GPT2LMHeadModel(cfg)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
         cfg = LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4,
-                          num_key_value_heads=2, vocab_size=V, max_position_embeddings=256, tie_word_embeddings=True,
+                          num_key_value_heads=2, vocab_size=V, max_position_embeddings=1024, tie_word_embeddings=True,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         hf = LlamaForCausalLM(cfg)
     # the bridge reads the architecture from a local config directory; keep one per (name, shape)

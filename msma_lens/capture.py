@@ -1,0 +1,242 @@
+"""Per-scale residual capture through TransformerLens hook points.
+
+One forward pass per batch with ``run_with_cache`` restricted to the scales' hook names and
+``stop_at_layer`` so no block above the highest scale is computed. BOS, special and padding positions are
+excluded from every statistic; batches carry an explicit attention mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import _tl
+from .activations import POOLINGS, ScaleActivations
+from .artifacts import load_artifact, save_artifact, sha256_texts, write_json_atomic
+from .errors import ArtifactError, ConfigError, NumericsError
+from .scales import Scales
+
+SHARD_KIND = "msma_lens.CaptureShard"
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """Validate a list of documents; errors name the offending index."""
+    if isinstance(texts, str):
+        raise ConfigError("texts must be a list of documents, not a single string (wrap it in a list)")
+    texts = list(texts)
+    if not texts:
+        raise ConfigError("texts is empty: pass at least one document")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ConfigError(f"document {i} is a {type(t).__name__}, expected str")
+        if not t.strip():
+            raise ConfigError(f"document {i} is empty")
+    return texts
+
+
+def _layer_plan(scales: Scales, layer_agg: str | int | dict) -> dict[str, list[int]]:
+    """Which layers feed each scale: all of them (mean), or one chosen layer."""
+    plan = {}
+    for s, layers in scales.items():
+        choice = layer_agg.get(s, "mean") if isinstance(layer_agg, dict) else layer_agg
+        if choice == "mean":
+            plan[s] = list(layers)
+        elif choice == "last":
+            plan[s] = [layers[-1]]
+        elif choice == "first":
+            plan[s] = [layers[0]]
+        elif isinstance(choice, int) and not isinstance(choice, bool):
+            if choice not in layers:
+                raise ConfigError(f"layer_agg for scale {s!r} chose layer {choice}, which is not in its layers {list(layers)}")
+            plan[s] = [choice]
+        else:
+            raise ConfigError(f"layer_agg for scale {s!r} must be 'mean', 'first', 'last' or a layer index, got {choice!r}")
+    return plan
+
+
+def capture(
+    model: Any,
+    scales: Scales | str | dict | None,
+    texts: Sequence[str],
+    *,
+    pooling: str = "token",
+    layer_agg: str | int | dict = "mean",
+    site: str = "resid_post",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    on_overflow: str = "warn",
+    padding_side: str = "right",
+    prepend_bos: bool = True,
+    shard_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ScaleActivations:
+    """Capture per-scale residuals of ``texts``.
+
+    pooling: ``token`` (one row per content token, positions paired across scales), ``mean`` (mask-aware
+    mean per document) or ``last`` (last content token). layer_agg: ``mean`` of the scale's layers, ``first``,
+    ``last``, or an absolute layer index (per scale via a dict). Texts longer than ``max_length`` (default:
+    the model's context) are truncated with a warning, or rejected with ``on_overflow="error"``.
+    ``shard_dir`` streams each batch to disk and resumes an interrupted run.
+    """
+    _tl.check_model(model)
+    texts = check_texts(texts)
+    if getattr(model, "training", False):
+        warnings.warn("the model is in training mode (dropout is active): call model.eval() for reproducible activations",
+                      stacklevel=2)
+    scales = Scales.coerce(scales, _tl.n_layers(model))
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
+    if on_overflow not in ("warn", "error"):
+        raise ConfigError(f"on_overflow must be 'warn' or 'error', got {on_overflow!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    plan = _layer_plan(scales, layer_agg)
+    layers = sorted({x for ls in plan.values() for x in ls})
+    names = {x: _tl.resid_name(model, x, site) for x in layers}
+    ctx = _tl.context_length(model)
+    max_len = min(max_length or ctx, ctx)
+
+    lengths = _tl.token_lengths(model, texts, prepend_bos=prepend_bos)
+    too_long = [i for i, n in enumerate(lengths) if n > max_len]
+    if too_long:
+        msg = f"{len(too_long)} document(s) exceed {max_len} tokens (first: document {too_long[0]}, {lengths[too_long[0]]} tokens)"
+        if on_overflow == "error":
+            raise ConfigError(msg)
+        warnings.warn(msg + "; truncating them", stacklevel=2)
+    # batch by length to limit padding; results are restored to document order
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    meta = {
+        **_tl.provenance(model),
+        "scales": scales.to_dict(),
+        "scale_spec_hash": scales.spec_hash(),
+        "site": site,
+        "hook_names": {s: [names[x] for x in plan[s]] for s in scales.names},
+        "pooling": pooling,
+        "layer_agg": layer_agg,
+        "prepend_bos": prepend_bos,
+        "max_length": max_len,
+        "corpus_sha256": sha256_texts(texts),
+        "n_docs": len(texts),
+        "excluded_positions": "BOS, special tokens and padding",
+    }
+    shards = _ShardStore(Path(shard_dir), meta, len(batches)) if shard_dir is not None else None
+    stop = max(layers) + 1
+    parts: list[dict[str, torch.Tensor]] = []
+    it = range(len(batches))
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="capture", unit="batch", leave=False)
+    with torch.no_grad():
+        for b in it:
+            if shards is not None and shards.done(b):
+                parts.append(shards.read(b))
+                continue
+            idx = batches[b]
+            toks, mask, content = _tl.to_tokens(model, [texts[i] for i in idx], prepend_bos=prepend_bos,
+                                                padding_side=padding_side, max_length=max_len)
+            toks, mask = toks.to(_tl.model_device(model)), mask.to(_tl.model_device(model))
+            cache = _tl.run_with_cache(model, toks, mask, list(names.values()),
+                                       stop_at_layer=stop if stop < _tl.n_layers(model) else None)
+            part = _pool_batch(cache, names, plan, content, mask.cpu(), idx, pooling)
+            if shards is not None:
+                shards.write(b, part)
+            parts.append(part)
+    out = _assemble(parts, list(scales.names), meta)
+    if shards is not None:
+        shards.finish()
+    return out
+
+
+def _pool_batch(cache: dict[str, torch.Tensor], names: dict[int, str], plan: dict[str, list[int]],
+                content: torch.Tensor, mask: torch.Tensor, doc_idx: list[int], pooling: str) -> dict[str, torch.Tensor]:
+    content = content.to(next(iter(cache.values())).device)
+    if not content.any(1).all():
+        empty = [doc_idx[i] for i in torch.nonzero(~content.any(1)).flatten().tolist()]
+        raise ConfigError(f"document(s) {empty} have no tokens besides BOS/special tokens")
+    out: dict[str, torch.Tensor] = {}
+    for s, layers in plan.items():
+        stack = []
+        for x in layers:
+            a = cache[names[x]]
+            bad = ~torch.isfinite(a) & content[..., None]
+            if bad.any():
+                row = int(bad.any(-1).any(-1).nonzero()[0])
+                raise NumericsError(f"NaN/Inf in {names[x]} (layer {x}, scale {s!r}) for document {doc_idx[row]}")
+            stack.append(a.float())
+        h = torch.stack(stack).mean(0) if len(stack) > 1 else stack[0]  # [B, T, d]
+        if pooling == "token":
+            out[f"acts.{s}"] = h[content].cpu()
+        elif pooling == "mean":
+            w = content.float()[..., None]
+            out[f"acts.{s}"] = ((h * w).sum(1) / w.sum(1)).cpu()
+        else:
+            T = content.shape[1]
+            last = (content.long() * torch.arange(T, device=content.device)).argmax(1)
+            out[f"acts.{s}"] = h[torch.arange(h.shape[0]), last].cpu()
+    docs = torch.tensor(doc_idx, dtype=torch.long)
+    # positions count from the first attended token (BOS = 0), so left and right padding agree
+    first = mask.long().argmax(1)
+    c = content.cpu()
+    if pooling == "token":
+        bi, col = torch.nonzero(c, as_tuple=True)
+        out["doc_ids"], out["positions"] = docs[bi], col - first[bi]
+    elif pooling == "mean":
+        out["doc_ids"], out["positions"] = docs, torch.full_like(docs, -1)
+    else:
+        last = (c.long() * torch.arange(c.shape[1])).argmax(1)
+        out["doc_ids"], out["positions"] = docs, last - first
+    return out
+
+
+def _assemble(parts: list[dict[str, torch.Tensor]], scale_names: list[str], meta: dict) -> ScaleActivations:
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    # restore document order (stable within a document)
+    order = torch.argsort(cat["doc_ids"] * (cat["positions"].max() + 2) + cat["positions"] + 1, stable=True)
+    acts = {s: cat[f"acts.{s}"][order] for s in scale_names}
+    return ScaleActivations(acts, cat["doc_ids"][order], cat["positions"][order], meta)
+
+
+class _ShardStore:
+    """Batch shards on disk (one safetensors artifact per batch) with a manifest that pins the config."""
+
+    def __init__(self, root: Path, meta: dict, n_batches: int) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        key = {k: meta[k] for k in ("model_id", "scale_spec_hash", "site", "pooling", "layer_agg", "max_length",
+                                    "corpus_sha256", "prepend_bos")}
+        key["n_batches"] = n_batches
+        man = root / "manifest.json"
+        if man.is_file():
+            try:
+                old = json.loads(man.read_text())
+            except json.JSONDecodeError as e:
+                raise ArtifactError(f"{man}: corrupt shard manifest ({e})") from e
+            if old.get("key") != json.loads(json.dumps(key)):
+                raise ArtifactError(f"{root} holds shards of a different capture (model, scales, pooling, corpus or batch "
+                                    f"size differ); use another shard_dir or delete it")
+        else:
+            write_json_atomic(man, {"key": key})
+
+    def _path(self, b: int) -> Path:
+        return self.root / f"batch-{b:06d}"
+
+    def done(self, b: int) -> bool:
+        return (self._path(b) / "cfg.json").is_file()
+
+    def read(self, b: int) -> dict[str, torch.Tensor]:
+        tensors, _ = load_artifact(self._path(b), SHARD_KIND)
+        return tensors
+
+    def write(self, b: int, part: dict[str, torch.Tensor]) -> None:
+        save_artifact(self._path(b), SHARD_KIND, part, {"batch": b})
+
+    def finish(self) -> None:
+        write_json_atomic(self.root / "complete.json", {"complete": True})

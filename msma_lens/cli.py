@@ -1,0 +1,152 @@
+"""Command line: ``msma-lens models | capture | run`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import MSMAError
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _parse_scales(spec: str | None):
+    """``None``/``default``, a preset name, or ``name=first-last,...`` (inclusive layer ranges)."""
+    from .scales import Scales
+
+    if spec is None or spec == "default":
+        return None
+    if "=" not in spec:
+        return spec
+    ranges = {}
+    for part in spec.split(","):
+        name, _, rng = part.partition("=")
+        lo, _, hi = rng.partition("-")
+        try:
+            ranges[name.strip()] = (int(lo), int(hi or lo))
+        except ValueError as e:
+            raise SystemExit(f"error: cannot parse scale range {part!r} (expected name=first-last)") from e
+    return Scales.from_ranges(ranges)
+
+
+def _texts(source: str, max_docs: int | None) -> tuple[list[str], str]:
+    from . import corpus
+
+    if source == "corpus":
+        docs = corpus.load_corpus().texts
+        label = "bundled corpus"
+    else:
+        docs = corpus.load_texts(source)
+        label = source
+    return (docs[:max_docs] if max_docs else docs), label
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="offline name, HF id, local dir or .gguf (default: smollm2-135m)")
+    p.add_argument("--backend", default="auto", choices=["auto", "bridge", "hooked"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--scales", default=None, help="'default', a preset (gpt2, bert, ...) or 'local=0-9,intermediate=10-19,...'")
+    p.add_argument("--texts", default="corpus", help="'corpus' (bundled) or a .txt/.jsonl file")
+    p.add_argument("--max-docs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on small shared CPUs)")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import cache_dir, list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        state = "available" if r["available"] else f"missing ({r['install']})"
+        cached = "" if r["cached"] is None else (", converted copy cached" if r["cached"] else ", not yet converted")
+        print(f"{r['name']:<14} {state}{cached}\n    {r['description']}")
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .lens import MSMA
+    from .models import load_model
+
+    _threads(args.threads)
+    texts, label = _texts(args.texts, args.max_docs)
+    model = load_model(args.model, device=args.device, backend=args.backend)
+    lens = MSMA(model, _parse_scales(args.scales))
+    acts = lens.capture(texts, pooling=args.pooling, batch_size=args.batch_size, shard_dir=args.shard_dir)
+    path = acts.save(args.out)
+    print(f"captured {len(acts)} rows x {len(acts.scale_names)} scales from {len(texts)} documents ({label}) -> {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: capture per-scale activations of the corpus and write a summary + HTML report."""
+    from .lens import MSMA
+    from .models import load_model
+    from .report import format_summary, scale_statistics, write_html
+
+    _threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    texts, label = _texts(args.texts, args.max_docs)
+    model = load_model(args.model, device=args.device, backend=args.backend)
+    lens = MSMA(model, _parse_scales(args.scales))
+    print(f"{lens!r}: {len(texts)} documents from the {label}")
+    acts = lens.capture(texts, pooling="token", batch_size=args.batch_size)
+    acts.save(out / "activations")
+    stats = scale_statistics(acts)
+    summary = format_summary(stats, acts.meta)
+    (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    from .artifacts import write_json_atomic
+
+    write_json_atomic(out / "scale_stats.json", {"stats": stats, "meta": acts.meta})
+    write_html(stats, out / "scales.html")
+    print(summary)
+    print(f"wrote {out / 'activations'}, {out / 'summary.txt'}, {out / 'scales.html'} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msma-lens", description="Multi-Scale Manifold Alignment for TransformerLens models")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("models", help="list offline and cached models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_models)
+    c = sub.add_parser("capture", help="capture per-scale activations into an artifact (safetensors + cfg.json)")
+    _common(c)
+    c.add_argument("--pooling", default="token", choices=["token", "mean", "last"])
+    c.add_argument("--shard-dir", default=None, help="stream batches to this directory; an interrupted run resumes")
+    c.add_argument("--out", required=True, help="artifact directory to write")
+    c.set_defaults(fn=cmd_capture)
+    r = sub.add_parser("run", help="main job: capture the corpus on the default model, write summary + HTML report")
+    _common(r)
+    r.add_argument("--out", default="out", help="output directory (default: out)")
+    r.set_defaults(fn=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model = getattr(args, "model", "")
+    if not ("/" in model and not Path(model).exists()):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline names and local paths never need the hub
+    try:
+        return int(args.fn(args) or 0)
+    except MSMAError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
