@@ -117,6 +117,68 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _align_cfg(args: argparse.Namespace):
+    from .alignment import AlignConfig
+    from .maps import MapTrainConfig
+
+    pairs = tuple(tuple(p.split(":")) for p in args.pairs.split(",")) if args.pairs else None
+    train = MapTrainConfig(steps=args.steps, residual_hidden=args.residual_hidden, estimator=args.estimator,
+                           lambda_geo=args.lambda_geo, lambda_info=args.lambda_info, lambda_curv=args.lambda_curv,
+                           eval_every=max(1, min(50, args.steps // 4)))
+    kw = {"pairs": pairs} if pairs else {}
+    return AlignConfig(train=train, max_train_rows=args.max_train_rows, **kw)
+
+
+def _fit_and_report(lens, acts, args, out: Path) -> None:
+    """Fit maps, run the ablations, write artifacts + tables + HTML into ``out``."""
+    cfg = _align_cfg(args)
+    result = lens.fit(acts, cfg)
+    result.save(out / "alignment")
+    (out / "alignment.txt").write_text(result.table() + "\n", encoding="utf-8")
+    print(result.table())
+    if args.seeds:
+        seeds = tuple(int(x) for x in args.seeds.split(","))
+        ab = lens.ablate(acts, cfg, seeds=seeds)
+        ab.save(out / "ablation")
+        ab.write_html(out / "ablation.html")
+        (out / "ablation.txt").write_text(ab.table() + "\n", encoding="utf-8")
+        print(ab.table())
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .activations import ScaleActivations
+    from .lens import MSMA
+    from .models import load_model
+
+    _threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.acts:
+        acts = ScaleActivations.load(args.acts)
+        model = load_model(acts.meta.get("model_id") or args.model, backend=args.backend)
+        lens = MSMA(model, acts.scales)
+    else:
+        texts, _ = _texts(args.texts, args.max_docs)
+        model = load_model(args.model, device=args.device, backend=args.backend)
+        lens = MSMA(model, _parse_scales(args.scales))
+        acts = lens.capture(texts, pooling="token", batch_size=args.batch_size)
+    _fit_and_report(lens, acts, args, out)
+    return 0
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("alignment")
+    g.add_argument("--pairs", default=None, help="source:target pairs, default 'global:intermediate,intermediate:local'")
+    g.add_argument("--steps", type=int, default=300, help="training steps per map (default 300)")
+    g.add_argument("--residual-hidden", type=int, default=64, help="width of the nonlinear residual g (0: affine map)")
+    g.add_argument("--estimator", default="mine", choices=["mine", "infonce", "nwj", "smile"])
+    g.add_argument("--lambda-geo", type=float, default=0.1)
+    g.add_argument("--lambda-info", type=float, default=0.1)
+    g.add_argument("--lambda-curv", type=float, default=0.01)
+    g.add_argument("--max-train-rows", type=int, default=8192)
+    g.add_argument("--seeds", default="0,1,2", help="seeds for the ablation table ('' to skip ablations)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msma-lens", description="Multi-Scale Manifold Alignment for TransformerLens models")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -129,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shard-dir", default=None, help="stream batches to this directory; an interrupted run resumes")
     c.add_argument("--out", required=True, help="artifact directory to write")
     c.set_defaults(fn=cmd_capture)
+    f = sub.add_parser("fit", help="fit cross-scale maps (geoopt Stiefel + MINE + curvature), held-out metrics, ablations")
+    _common(f)
+    f.add_argument("--acts", default=None, help="a ScaleActivations artifact (else capture --texts on --model)")
+    f.add_argument("--out", required=True)
+    _fit_args(f)
+    f.set_defaults(fn=cmd_fit)
     r = sub.add_parser("run", help="main job: capture the corpus on the default model, write summary + HTML report")
     _common(r)
     r.add_argument("--out", default="out", help="output directory (default: out)")

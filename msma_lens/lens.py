@@ -7,6 +7,7 @@ from typing import Any
 
 from . import _tl
 from .activations import ScaleActivations
+from .alignment import AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
 from .capture import capture as _capture
 from .scales import Scales
 
@@ -35,6 +36,26 @@ class MSMA:
     def capture(self, texts: Sequence[str], **kwargs: Any) -> ScaleActivations:
         """Per-scale activations of ``texts``; see :func:`msma_lens.capture.capture` for the options."""
         return _capture(self.model, self.scales, texts, site=self.site, **kwargs)
+
+    def _acts(self, acts: ScaleActivations | None, texts: Sequence[str] | None, what: str) -> ScaleActivations:
+        if acts is None:
+            if texts is None:
+                from .corpus import load_corpus
+
+                texts = load_corpus().texts
+            acts = self.capture(texts, pooling="token")
+        acts.check_matches(self.model_id, self.scales, what=what)
+        return acts
+
+    def fit(self, acts: ScaleActivations | None = None, cfg: AlignConfig | None = None, *,
+            texts: Sequence[str] | None = None, checkpoint_dir: str | None = None) -> AlignmentResult:
+        """Fit cross-scale maps (default f_GI and f_IL) on ``acts`` (or on a capture of ``texts`` / the corpus)."""
+        return fit_alignment(self._acts(acts, texts, "this lens"), cfg, checkpoint_dir=checkpoint_dir)
+
+    def ablate(self, acts: ScaleActivations | None = None, cfg: AlignConfig | None = None, *,
+               texts: Sequence[str] | None = None, seeds: tuple[int, ...] = (0, 1, 2), **kwargs: Any) -> AblationResult:
+        """Baseline / closed form / full / no-geometry / no-information / no-curvature over ``seeds``."""
+        return run_ablations(self._acts(acts, texts, "this lens"), cfg, seeds=seeds, **kwargs)
 
     def __repr__(self) -> str:
         p = _tl.provenance(self.model)

@@ -1,0 +1,148 @@
+"""Alignment experiments on planted cross-scale structure (known truth), persistence, ablations, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from msma_lens import ArtifactError, ConfigError, ScaleActivations, Scales
+from msma_lens.alignment import AlignConfig, AlignmentResult, fit_alignment, run_ablations
+from msma_lens.maps import MapTrainConfig
+
+D = 12
+
+
+def _planted(n_docs=30, T=20, seed=0, d_global=D):
+    g = torch.Generator().manual_seed(seed)
+    n = n_docs * T
+    Z = torch.randn(n, D, generator=g) * torch.linspace(0.5, 3.0, D)
+    Q1 = torch.linalg.qr(torch.randn(D, D, generator=g))[0]
+    Q2 = torch.linalg.qr(torch.randn(D, d_global, generator=g))[0] if d_global <= D else None
+    loc = Z + 0.05 * torch.randn(n, D, generator=g)
+    inter = 2.0 * Z @ Q1 + 3.0 + 0.05 * torch.randn(n, D, generator=g)
+    glob = 0.5 * inter @ Q2 - 1.0 + 0.05 * torch.randn(n, d_global, generator=g)
+    meta = {"model_id": "synthetic", "pooling": "token",
+            "scales": Scales.from_ranges({"local": (0, 1), "intermediate": (2, 3), "global": (4, 5)}).to_dict()}
+    acts = ScaleActivations({"local": loc, "intermediate": inter, "global": glob},
+                            torch.arange(n_docs).repeat_interleave(T), torch.arange(1, T + 1).repeat(n_docs), meta)
+    return acts, Q1
+
+
+def _cfg(**train):
+    train = {"steps": 30, "eval_every": 10, "batch_size": 128, "residual_hidden": 0, **train}
+    return AlignConfig(train=MapTrainConfig(**train), max_eval_rows=256)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _planted()
+
+
+@pytest.fixture(scope="module")
+def fitted(planted):
+    return fit_alignment(planted[0], _cfg(residual_hidden=8))
+
+
+def test_planted_maps_are_recovered_on_held_out_documents(fitted):
+    for k in ("global->intermediate", "intermediate->local"):
+        m = fitted.metrics[k]
+        assert m["before"]["residual"] > 1.0  # different bases, scales and means
+        assert m["closed_form"]["residual"] < 0.01 and m["after"]["residual"] < 0.05
+        assert m["after"]["kl_diag"] < m["before"]["kl_diag"]
+        assert m["pair"]["cka_debiased"] > 0.95  # the pair is strongly dependent
+        assert fitted.maps[k].orthogonality_error() < 1e-5
+    assert "layer-pair dependence" in fitted.table()
+
+
+def test_raw_unit_prediction_and_direction_transfer(planted, fitted):
+    acts, Q1 = planted
+    pred = fitted.predict(acts["intermediate"][:50], "intermediate", "local")
+    rel = (pred - acts["local"][:50]).norm() / acts["local"][:50].norm()
+    assert rel < 0.1
+    # local ≈ (inter - 3) Q1ᵀ / 2: a direction v at intermediate is carried to v Q1ᵀ / 2 at local
+    v = torch.randn(D, generator=torch.Generator().manual_seed(1))
+    t, want = fitted.transfer_direction(v, "intermediate", "local").float(), v @ Q1.T / 2
+    assert torch.nn.functional.cosine_similarity(t, want, dim=0) > 0.99
+    assert abs(t.norm() / want.norm() - 1) < 0.05
+    chain = fitted.linear_map("global", "local")
+    torch.testing.assert_close(chain, fitted.linear_map("global", "intermediate") @ fitted.linear_map("intermediate", "local"))
+    with pytest.raises(ConfigError, match="no chain of fitted maps leads from 'local' to 'global'"):
+        fitted.linear_map("local", "global")
+    with pytest.raises(ConfigError, match="direction has width 5, scale 'intermediate' has width 12"):
+        fitted.transfer_direction(torch.ones(5), "intermediate", "local")
+
+
+def test_save_load_roundtrip_and_mismatch(fitted, planted, tmp_path):
+    acts, _ = planted
+    fitted.save(tmp_path / "a")
+    back = AlignmentResult.load(tmp_path / "a")
+    x = acts["global"][:20]
+    assert torch.equal(back.predict(x, "global", "intermediate"), fitted.predict(x, "global", "intermediate"))
+    assert back.metrics == json.loads(json.dumps(fitted.metrics))
+    with pytest.raises(ArtifactError, match="maps were fitted on model 'synthetic', but loading uses 'smollm2-135m'"):
+        AlignmentResult.load(tmp_path / "a", model_id="smollm2-135m")
+    with pytest.raises(ArtifactError, match="maps were fitted with scales"):
+        AlignmentResult.load(tmp_path / "a", scales=Scales.default(6))
+    with pytest.raises(ArtifactError, match="expected a 'msma_lens.AlignmentResult' artifact"):
+        acts.save(tmp_path / "acts")
+        AlignmentResult.load(tmp_path / "acts")
+
+
+def test_same_seed_same_result(planted):
+    a = fit_alignment(planted[0], _cfg())
+    b = fit_alignment(planted[0], _cfg())
+    for k in a.maps:
+        assert torch.equal(a.maps[k].W, b.maps[k].W) and a.metrics[k] == b.metrics[k]
+
+
+def test_rectangular_map_between_widths():
+    acts, _ = _planted(d_global=8)
+    r = fit_alignment(acts, _cfg())
+    f = r.maps["global->intermediate"]
+    assert (f.d_in, f.d_out) == (8, D) and f.orthogonality_error() < 1e-5
+    assert r.metrics["global->intermediate"]["closed_form"]["residual"] < 1.0
+
+
+def test_ablations_report_inert_terms_honestly(planted, tmp_path):
+    ab = run_ablations(planted[0], _cfg(), seeds=(0, 1, 2))
+    by = {(r["pair"], r["variant"], r["metric"]): r for r in ab.summary}
+    k = "global->intermediate"
+    assert {v for (_, v, _) in by} == {"baseline", "closed_form", "full", "no_geometry", "no_information", "no_curvature"}
+    # affine square map: the curvature term is identically zero, so dropping it changes nothing, exactly
+    for seed in (0, 1, 2):
+        full = [r["value"] for r in ab.rows if r["seed"] == seed and r["pair"] == k and r["variant"] == "full"]
+        nocurv = [r["value"] for r in ab.rows if r["seed"] == seed and r["pair"] == k and r["variant"] == "no_curvature"]
+        assert full == nocurv
+    assert "inert by theory" in by[(k, "no_curvature", "residual")]["note"]
+    assert "inert by theory" in by[(k, "no_information", "residual")]["note"]
+    cf = by[(k, "closed_form", "residual")]
+    assert cf["mean"] < 0.01 and cf["p_vs_baseline"] < 0.05 and cf["ci_low"] <= cf["mean"] <= cf["ci_high"]
+    assert by[(k, "baseline", "residual")]["p_vs_baseline"] is None
+    ab.save(tmp_path / "ab")
+    assert (tmp_path / "ab" / "ablation.csv").read_text().startswith("pair,variant,metric,mean")
+    html = ab.write_html(tmp_path / "ab.html").read_text()
+    assert "held-out metrics per ablation" in html and "held-out objective during training" in html
+
+
+def test_bad_input(planted):
+    acts, _ = planted
+    with pytest.raises(ConfigError, match="pair 'global->words': unknown scale 'words'"):
+        fit_alignment(acts, AlignConfig(pairs=(("global", "words"),)))
+    with pytest.raises(ConfigError, match="a map from scale 'local' to itself"):
+        AlignConfig(pairs=(("local", "local"),))
+    with pytest.raises(ConfigError, match="held_out must be a fraction"):
+        AlignConfig(held_out=1.2)
+    with pytest.raises(ConfigError, match="unknown metric 'kl_magic'"):
+        AlignConfig(map_metrics=("kl_magic",))
+    with pytest.raises(ConfigError, match="lambda_info must be a finite number >= 0"):
+        MapTrainConfig(lambda_info=-1.0)
+    with pytest.raises(ConfigError, match="unknown ablation variant"):
+        run_ablations(acts, _cfg(), variants=("baseline", "magic"))
+    two = acts.subset(torch.nonzero(acts.doc_ids < 2).squeeze(1))
+    with pytest.raises(ConfigError, match="alignment needs >= 3 documents"):
+        fit_alignment(two, _cfg())
+    bad = acts.subset(torch.arange(len(acts)))
+    bad.acts["local"] = bad.acts["local"].clone()
+    bad.acts["local"][5, 0] = float("nan")
+    with pytest.raises(Exception, match="NaN/Inf"):
+        fit_alignment(bad, _cfg())
