@@ -1,0 +1,224 @@
+"""The cross-scale map and its training (msma_lens.maps): closed-form init, Riemannian fits, losses,
+determinism, checkpoint/resume, validation."""
+
+from __future__ import annotations
+
+import math
+
+import geoopt
+import pytest
+import torch
+
+from msma_lens.align import procrustes
+from msma_lens.errors import ArtifactError, ConfigError, NumericsError
+from msma_lens.maps import CrossScaleMap, MapTrainConfig, curvature_loss, fit_map, geo_loss
+
+
+def _planted(n: int, d: int, det: int, seed: int, noise: float = 0.3, nonlinear: float = 0.0):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    if int(torch.linalg.slogdet(Q.double())[0]) != det:
+        Q[:, 0] = -Q[:, 0]
+    b = 0.3 * torch.randn(d, generator=g)
+
+    def make(m: int):
+        X = torch.randn(m, d, generator=g) * torch.linspace(0.5, 2.0, d)
+        Y = 1.3 * X @ Q + b + nonlinear * torch.tanh(X) + noise * torch.randn(m, d, generator=g)
+        return X, Y
+
+    return (*make(n), *make(n // 2))
+
+
+def _gap(out, X, Y) -> float:
+    cf = procrustes(X, Y)
+    with torch.no_grad():
+        res = float(geo_loss(out.map(X).double(), Y.double()))
+    return (res - cf.residual) / cf.residual
+
+
+def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _geo_only(**kw) -> MapTrainConfig:
+    base = dict(lambda_geo=1.0, lambda_info=0.0, lambda_curv=0.0, eval_every=25, patience=None)
+    base.update(kw)
+    return MapTrainConfig(**base)
+
+
+def test_init_from_procrustes_equals_closed_form():
+    X, Y, _, _ = _planted(300, 12, -1, 0)
+    m = CrossScaleMap(12, 12, residual_hidden=8)
+    fit = m.init_from_procrustes(X, Y)
+    assert isinstance(m.W, geoopt.ManifoldParameter) and m.det_sign() == -1
+    with torch.no_grad():
+        assert torch.allclose(m(X), fit.apply(X), atol=1e-5)
+        assert torch.count_nonzero(m.residual(X)) == 0  # zero-initialised last layer: g ≡ 0
+
+
+def test_riemannian_fit_from_identity_reaches_closed_form():
+    X, Y, _, _ = _planted(512, 16, 1, 1)
+    cfg = _geo_only(init="identity", stiefel_lr=0.3, lr=1e-2, steps=300, batch_size=512)
+    out = fit_map(X, Y, X, Y, cfg)
+    assert out.closed_form is None and out.completed
+    gap = _gap(out, X, Y)
+    assert -1e-6 < gap < 1e-3, gap
+    # fp32 Cayley steps drift by ~1e-5 per 100 steps; `stabilize` re-projects, and fit_map ends with a float64 one
+    assert max(r["ortho_error"] for r in out.history) < 1e-4
+    assert out.map.orthogonality_error() < 1e-5
+
+
+def test_reflection_trap_and_closed_form_init():
+    X, Y, _, _ = _planted(512, 16, -1, 2)
+    cfg = _geo_only(init="identity", stiefel_lr=0.3, lr=1e-2, steps=200, batch_size=512)
+    stuck = fit_map(X, Y, X, Y, cfg)
+    assert stuck.map.det_sign() == 1 and _gap(stuck, X, Y) > 0.05  # SO(d) never reaches det = −1
+    kabsch = procrustes(X, Y, allow_reflection=False).residual
+    assert _gap(stuck, X, Y) < (kabsch - procrustes(X, Y).residual) / procrustes(X, Y).residual * 1.01
+    good = fit_map(X, Y, X, Y, _geo_only(steps=50, batch_size=512))
+    assert good.map.det_sign() == -1 and good.closed_form.det_sign == -1
+    assert abs(_gap(good, X, Y)) < 1e-4
+
+
+def test_joint_training_stays_orthonormal_and_improves_nonlinear_fit():
+    X, Y, Xv, Yv = _planted(1024, 16, 1, 3, noise=0.1, nonlinear=0.5)
+    cfg = MapTrainConfig(residual_hidden=32, lambda_geo=1.0, steps=150, batch_size=256, eval_every=25, lr=3e-3,
+                         critic_hidden=32, critic_embed=16, eval_batch_size=512, estimator="infonce")
+    out = fit_map(X, Y, Xv, Yv, cfg)
+    assert out.map.orthogonality_error() < 1e-5
+    assert max(r["ortho_error"] for r in out.history) < 1e-4  # fp32 Cayley drift, bounded by `stabilize`
+    h0, best = out.history[0], next(r for r in out.history if r["step"] == out.best_step)
+    assert best["val_geo"] < h0["val_geo"]  # g captures the tanh part the closed form cannot
+    assert best["val_info"] > 0.5 and best["val_curv"] > 0
+    assert out.best_objective == best["val_objective"]
+
+
+@pytest.mark.parametrize("estimator,critic", [("mine", "separable"), ("nwj", "separable"), ("smile", "separable"), ("infonce", "concat")])
+def test_other_estimators_and_critics_run(estimator, critic):
+    X, Y, Xv, Yv = _planted(256, 8, 1, 4)
+    cfg = MapTrainConfig(estimator=estimator, critic=critic, residual_hidden=8, steps=20, batch_size=64, eval_every=10,
+                         critic_hidden=16, critic_embed=8, eval_batch_size=64)
+    out = fit_map(X, Y, Xv, Yv, cfg)
+    assert all(math.isfinite(r["val_info"]) for r in out.history)
+    assert type(out.critic).__name__ == {"separable": "SeparableCritic", "concat": "ConcatCritic"}[critic]
+
+
+def test_same_seed_identical_result():
+    X, Y, Xv, Yv = _planted(400, 12, 1, 5, nonlinear=0.3)
+    cfg = dict(residual_hidden=16, steps=40, batch_size=128, eval_every=10, critic_hidden=32, critic_embed=16)
+    a = fit_map(X, Y, Xv, Yv, MapTrainConfig(**cfg, seed=3))
+    b = fit_map(X, Y, Xv, Yv, MapTrainConfig(**cfg, seed=3))
+    c = fit_map(X, Y, Xv, Yv, MapTrainConfig(**cfg, seed=4))
+    assert _state_equal(a.map, b.map) and _state_equal(a.critic, b.critic)
+    assert not _state_equal(a.map, c.map)
+
+
+def _history_equal(h1: list[dict], h2: list[dict]) -> bool:
+    same = lambda u, v: u == v or (isinstance(u, float) and math.isnan(u) and math.isnan(v))  # noqa: E731
+    return len(h1) == len(h2) and all(r1.keys() == r2.keys() and all(same(r1[k], r2[k]) for k in r1) for r1, r2 in zip(h1, h2))
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+    X, Y, Xv, Yv = _planted(400, 12, -1, 6, nonlinear=0.3)
+    cfg = dict(residual_hidden=16, steps=60, batch_size=128, eval_every=10, critic_hidden=32, critic_embed=16, stabilize=20)
+    full = fit_map(X, Y, Xv, Yv, MapTrainConfig(**cfg))
+    part = fit_map(X, Y, Xv, Yv, MapTrainConfig(**cfg, checkpoint_dir=str(tmp_path), checkpoint_every=7), stop_after=33)
+    assert not part.completed and part.steps_run == 33
+    resumed = fit_map(X, Y, Xv, Yv, MapTrainConfig(**cfg, checkpoint_dir=str(tmp_path), checkpoint_every=7))
+    assert resumed.completed and resumed.steps_run == 60
+    assert _state_equal(full.map, resumed.map) and _state_equal(full.critic, resumed.critic)
+    assert _history_equal(full.history, resumed.history) and full.best_step == resumed.best_step
+    again = fit_map(X, Y, Xv, Yv, MapTrainConfig(**cfg, checkpoint_dir=str(tmp_path)))  # finished: just reloads
+    assert _state_equal(full.map, again.map)
+    with pytest.raises(ArtifactError, match="different config.*lambda_geo"):
+        fit_map(X, Y, Xv, Yv, MapTrainConfig(**cfg, lambda_geo=0.5, checkpoint_dir=str(tmp_path)))
+    with pytest.raises(ArtifactError, match="different training/validation data"):
+        fit_map(X + 1, Y, Xv, Yv, MapTrainConfig(**cfg, checkpoint_dir=str(tmp_path)))
+
+
+def test_curvature_loss_zero_for_affine_positive_for_nonlinear():
+    x = torch.randn(64, 10, generator=torch.Generator().manual_seed(7))
+    assert float(curvature_loss(None, x)) == 0.0
+    m = CrossScaleMap(10, 10, residual_hidden=16)
+    with torch.no_grad():
+        assert float(curvature_loss(m.residual, x)) == 0.0  # g ≡ 0 at init
+    torch.nn.init.normal_(m.residual[2].weight)
+    with torch.no_grad():
+        assert float(curvature_loss(m.residual, x, generator=torch.Generator().manual_seed(0))) > 1e-3
+    lin = torch.nn.Linear(10, 10).double()
+    with torch.no_grad():
+        assert float(curvature_loss(lin, x.double())) < 1e-20  # second difference of an affine map
+
+
+def test_geo_loss():
+    y = torch.randn(50, 4)
+    assert float(geo_loss(y, y)) == 0.0
+    assert abs(float(geo_loss(y.mean(0).expand_as(y), y)) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("d_in,d_out", [(24, 8), (8, 24)])
+def test_rectangular_maps(d_in, d_out):
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(300, d_in, generator=g)
+    Y = X @ torch.randn(d_in, d_out, generator=g) / math.sqrt(d_in) + 0.1 * torch.randn(300, d_out, generator=g)
+    m = CrossScaleMap(d_in, d_out, manifold="euclidean")
+    assert m.W.shape[-1] <= m.W.shape[-2] and m.weight.shape == (d_in, d_out)
+    fit = m.init_from_procrustes(X, Y)
+    with torch.no_grad():
+        assert torch.allclose(m(X), fit.apply(X), atol=1e-5)
+    out = fit_map(X, Y, X, Y, _geo_only(steps=60, batch_size=300, stiefel_lr=0.05, lr=1e-3), map=m)
+    W = out.map.weight.detach().double()
+    gram = W.T @ W if d_in > d_out else W @ W.T
+    assert torch.allclose(gram, torch.eye(min(d_in, d_out), dtype=torch.float64), atol=1e-5)
+    assert out.history[-1]["val_geo"] <= out.history[0]["val_geo"] + 1e-6
+    assert torch.equal(m.W, torch.as_tensor(fit.W.T if d_in < d_out else fit.W, dtype=torch.float32))  # input map untouched
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match=r"lambda_info must be a finite number >= 0, got -0.1"):
+        MapTrainConfig(lambda_info=-0.1)
+    with pytest.raises(ConfigError, match="lambda_curv must be a finite number >= 0, got nan"):
+        MapTrainConfig(lambda_curv=float("nan"))
+    with pytest.raises(ConfigError, match="lambda_geo must be a finite number >= 0, got inf"):
+        MapTrainConfig(lambda_geo=float("inf"))
+    with pytest.raises(ConfigError, match="estimator must be one of mine, infonce, nwj, smile, got 'mi'"):
+        MapTrainConfig(estimator="mi")
+    with pytest.raises(ConfigError, match="stiefel_lr must be a finite number > 0"):
+        MapTrainConfig(stiefel_lr=0)
+    with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
+        MapTrainConfig(steps=1.5)
+    with pytest.raises(ConfigError, match="patience must be None or an integer >= 1"):
+        MapTrainConfig(patience=0)
+    with pytest.raises(ConfigError, match="manifold must be one of canonical, euclidean"):
+        MapTrainConfig(manifold="grassmann")
+    with pytest.raises(ConfigError, match="critic must be one of separable, concat, got 'bilinear'"):
+        MapTrainConfig(critic="bilinear")
+    with pytest.raises(ConfigError, match="unknown manifold 'x'"):
+        CrossScaleMap(4, 4, manifold="x")
+    assert (MapTrainConfig().lambda_geo, MapTrainConfig().lambda_info, MapTrainConfig().lambda_curv) == (0.1, 0.1, 0.01)
+
+
+def test_fit_map_input_errors(tmp_path):
+    X, Y, Xv, Yv = _planted(64, 8, 1, 9)
+    cfg = _geo_only(steps=2)
+    with pytest.raises(ConfigError, match=r"^map expects source width 576, got 64 \(X_train\)$"):
+        fit_map(torch.randn(10, 64), torch.randn(10, 576), torch.randn(10, 64), torch.randn(10, 576), cfg,
+                map=CrossScaleMap(576, 576))
+    with pytest.raises(ConfigError, match=r"map expects source width 8, got 5 \(X_val\)"):
+        fit_map(X, Y, Xv[:, :5], Yv, cfg)
+    with pytest.raises(ConfigError, match=r"map expects target width 8, got 7 \(Y_val\)"):
+        fit_map(X, Y, Xv, Yv[:, :7], cfg)
+    with pytest.raises(ConfigError, match="X_train and Y_train must have the same number of rows.*64 vs 63"):
+        fit_map(X, Y[:-1], Xv, Yv, cfg)
+    bad = Xv.clone()
+    bad[2, 3] = float("inf")
+    with pytest.raises(NumericsError, match=r"X_val contains 1 NaN/Inf value\(s\) \(first in row 2\)"):
+        fit_map(X, Y, bad, Yv, cfg)
+    with pytest.raises(ConfigError, match=r"at least 2 val samples \(for centring and marginal pairs\), got 1"):
+        fit_map(X, Y, Xv[:1], Yv[:1], cfg)
+    with pytest.raises(ConfigError, match="stop_after needs cfg.checkpoint_dir"):
+        fit_map(X, Y, Xv, Yv, cfg, stop_after=1)
+    (tmp_path / "fit_map.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ArtifactError, match="cannot read checkpoint"):
+        fit_map(X, Y, Xv, Yv, _geo_only(steps=2, checkpoint_dir=str(tmp_path)))
