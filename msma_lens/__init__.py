@@ -2,11 +2,31 @@
 
 from . import metrics, stats, text
 from .activations import ScaleActivations
+from .align import ProcrustesFit, procrustes
+from .alignment import AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
 from .corpus import Corpus, Document, Sentence, load_corpus, load_hf_dataset, load_texts
 from .errors import ArtifactError, ConfigError, HookError, ModelLoadError, MSMAError, NumericsError
+from .interventions import (
+    Ablate,
+    AttentionEdit,
+    GaussianNoise,
+    Intervention,
+    Scale,
+    Schedule,
+    SteeringRecord,
+    Translate,
+    contrastive_direction,
+    principal_direction,
+    random_direction,
+    steer,
+    transfer_direction,
+)
 from .lens import MSMA
+from .maps import CrossScaleMap, MapTrainConfig, fit_map
+from .mi import estimate_mi
 from .models import DEFAULT_MODEL, OFFLINE_MODELS, list_models, load_model
 from .scales import Scales
+from .steering import ExperimentResult, GenerationResult, generate, run_experiment
 
 __version__ = "0.1.0"
 
@@ -20,6 +40,34 @@ __all__ = [
     "load_corpus",
     "load_texts",
     "load_hf_dataset",
+    "procrustes",
+    "ProcrustesFit",
+    "CrossScaleMap",
+    "MapTrainConfig",
+    "fit_map",
+    "estimate_mi",
+    "AlignConfig",
+    "AlignmentResult",
+    "AblationResult",
+    "fit_alignment",
+    "run_ablations",
+    "Translate",
+    "Scale",
+    "GaussianNoise",
+    "AttentionEdit",
+    "Ablate",
+    "Intervention",
+    "Schedule",
+    "SteeringRecord",
+    "steer",
+    "contrastive_direction",
+    "principal_direction",
+    "transfer_direction",
+    "random_direction",
+    "generate",
+    "GenerationResult",
+    "run_experiment",
+    "ExperimentResult",
     "metrics",
     "stats",
     "text",

@@ -331,10 +331,15 @@ def decode(model: Any, ids: list[int]) -> str:
 def generate_tokens(model: Any, prompts: list[str], *, max_new_tokens: int, do_sample: bool, use_past_kv_cache: bool,
                     stop_at_eos: bool, temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None) -> torch.Tensor:
-    """``model.generate`` on a list of strings (left-padded by the model), returning ``[B, P + n]`` token ids."""
+    """``model.generate`` on a list of strings, left-padded, returning ``[B, P + n]`` token ids.
+
+    TL 3.x/4.x force left padding for batched lists; TL 2.x pads on the tokenizer's side (right), which would
+    generate after the padding, so left padding is requested explicitly.
+    """
+    kw: dict[str, Any] = {"padding_side": "left"} if len(prompts) > 1 else {}
     out = model.generate(prompts, max_new_tokens=max_new_tokens, do_sample=do_sample, use_past_kv_cache=use_past_kv_cache,
                          stop_at_eos=stop_at_eos, temperature=temperature, top_k=top_k, top_p=top_p,
-                         return_type="tokens", verbose=False)
+                         return_type="tokens", verbose=False, **kw)
     if not isinstance(out, torch.Tensor):  # ModelOutput-like (output_logits) or tuple
         out = getattr(out, "sequences", out[0] if isinstance(out, tuple) else out)
     return out

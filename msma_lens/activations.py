@@ -70,6 +70,23 @@ class ScaleActivations:
     def subset(self, idx: torch.Tensor) -> ScaleActivations:
         return ScaleActivations({s: a[idx] for s, a in self.acts.items()}, self.doc_ids[idx], self.positions[idx], dict(self.meta))
 
+    def join(self, other: ScaleActivations, prefixes: tuple[str, str]) -> ScaleActivations:
+        """Combine captures of the same rows from two models (scales renamed ``prefix:scale``).
+
+        Rows must be identical (same documents and positions): use ``mean``/``last`` pooling over the same texts
+        when the two models tokenise differently. The result can be aligned across models, e.g. the pair
+        ``("a:global", "b:global")``; widths may differ (rectangular maps).
+        """
+        pa, pb = prefixes
+        if pa == pb:
+            raise ConfigError(f"join needs two different prefixes, got {prefixes}")
+        if not (torch.equal(self.doc_ids, other.doc_ids) and torch.equal(self.positions, other.positions)):
+            raise ConfigError("cannot join activations whose rows differ (documents or positions); capture the same texts "
+                              "with pooling='mean' or 'last' when the models tokenise differently")
+        acts = {f"{pa}:{s}": a for s, a in self.acts.items()} | {f"{pb}:{s}": a for s, a in other.acts.items()}
+        meta = {"joined": {pa: self.meta, pb: other.meta}, "pooling": self.meta.get("pooling")}
+        return ScaleActivations(acts, self.doc_ids.clone(), self.positions.clone(), meta)
+
     def split_by_document(self, held_out: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Row indices (train, held_out) with whole documents on one side (never split by token)."""
         if not 0.0 < held_out < 1.0:

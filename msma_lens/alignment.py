@@ -51,6 +51,7 @@ class AlignConfig:
     max_train_rows: int | None = 20000
     max_eval_rows: int = 2048
     normalise: bool = True
+    outlier_factor: float | None = 20.0
     map_metrics: tuple[str, ...] = MAP_METRICS
     pair_metrics: tuple[str, ...] = PAIR_METRICS
     seed: int = 0
@@ -70,6 +71,8 @@ class AlignConfig:
             raise ConfigError(f"held_out + val_fraction = {self.held_out + self.val_fraction} leaves too little training data")
         if self.max_train_rows is not None and self.max_train_rows < 16:
             raise ConfigError(f"AlignConfig.max_train_rows must be None or >= 16, got {self.max_train_rows}")
+        if self.outlier_factor is not None and not (isinstance(self.outlier_factor, (int, float)) and self.outlier_factor > 1):
+            raise ConfigError(f"AlignConfig.outlier_factor must be None or > 1, got {self.outlier_factor!r}")
         if self.max_eval_rows < 16:
             raise ConfigError(f"AlignConfig.max_eval_rows must be >= 16, got {self.max_eval_rows}")
         for m in (*self.map_metrics, *self.pair_metrics):
@@ -112,6 +115,21 @@ def split_documents(acts: ScaleActivations, held_out: float, val_fraction: float
     test_d, val_d = perm[:n_test], perm[n_test:n_test + n_val]
     is_test, is_val = torch.isin(acts.doc_ids, test_d), torch.isin(acts.doc_ids, val_d)
     return _Split(torch.nonzero(~is_test & ~is_val).squeeze(1), torch.nonzero(is_val).squeeze(1), torch.nonzero(is_test).squeeze(1))
+
+
+def massive_rows(acts: ScaleActivations, scales, factor: float | None) -> torch.Tensor:
+    """Rows whose residual norm exceeds ``factor`` × the scale's median norm in any of ``scales``.
+
+    These are massive-activation tokens (attention sinks; methods.md §9): a handful of rows with norms ~100×
+    the median that would dominate every squared-error fit and statistic.
+    """
+    bad = torch.zeros(len(acts), dtype=torch.bool)
+    if factor is None:
+        return bad
+    for s in scales:
+        n = acts[s].norm(dim=1)
+        bad |= n > factor * n.median()
+    return bad
 
 
 def _cap(idx: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -218,12 +236,16 @@ class AlignmentResult:
         """Held-out metrics per pair as a fixed-width text table."""
         lines = []
         for k, m in self.metrics.items():
-            lines.append(f"{k}  (held-out rows: {m['n_test']})")
+            lines.append(f"{k}  (held-out rows: {m['n_test']}, training rows: {m['n_train']}, best step: {m['best_step']}, "
+                         f"massive-activation rows excluded: {m.get('n_massive_excluded', 0)})")
             lines.append(f"  {'metric':<14}{'before':>12}{'closed form':>13}{'after':>12}{'floor':>10}")
             for name in m["after"]:
                 fl = m["floor"].get(name)
                 lines.append(f"  {name:<14}{m['before'][name]:>12.4g}{m['closed_form'][name]:>13.4g}{m['after'][name]:>12.4g}"
                              f"{'' if fl is None else f'{fl:.4g}':>10}")
+            lines.append(f"  held-out {m.get('mi_estimator', 'MI')} bound of the trained critic at the best step: "
+                         f"{m.get('mi_heldout', float('nan')):.3f} nats (a lower bound on I(f(X); Y); for an invertible f "
+                         "this equals I(X; Y): not a gain from the map)")
             lines.append("  layer-pair dependence (invariant under orthogonal maps): "
                          + ", ".join(f"{n}={v:.3f}" for n, v in m["pair"].items()))
         return "\n".join(lines)
@@ -292,6 +314,8 @@ class _Prepared:
 
 def _prepare(acts: ScaleActivations, cfg: AlignConfig, seed: int):
     split = split_documents(acts, cfg.held_out, cfg.val_fraction, seed)
+    bad = massive_rows(acts, {x for p in cfg.pairs for x in p}, cfg.outlier_factor)
+    split = _Split(*(i[~bad[i]] for i in (split.train, split.val, split.test)))
     idx = {"train": _cap(split.train, cfg.max_train_rows, seed), "val": _cap(split.val, cfg.max_eval_rows, seed + 1),
            "test": _cap(split.test, cfg.max_eval_rows, seed + 2)}
     norms = {}
@@ -343,7 +367,11 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
                       if n in ("kl_diag", "kl_full")},
             "n_test": int(Xt.shape[0]),
             "n_train": int(d.X["train"].shape[0]),
+            "n_massive_excluded": int(massive_rows(acts, (a, b), cfg.outlier_factor).sum()),
             "best_step": out.best_step,
+            # held-out neural MI bound of the jointly trained critic at the best step (nats; NaN if λ_info = 0)
+            "mi_heldout": next((float(h["val_info"]) for h in out.history if h["step"] == out.best_step), float("nan")),
+            "mi_estimator": train_cfg.estimator,
             "orthogonality_error": f.orthogonality_error(),
         }
         maps[k], hist[k] = f, out.history

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import _tl
 from .errors import MSMAError
 
 
@@ -113,7 +114,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_json_atomic(out / "scale_stats.json", {"stats": stats, "meta": acts.meta})
     write_html(stats, out / "scales.html")
     print(summary)
-    print(f"wrote {out / 'activations'}, {out / 'summary.txt'}, {out / 'scales.html'} in {time.time() - t0:.0f} s")
+    if not args.skip_fit:
+        _fit_and_report(lens, acts, args, out)
+    if not args.skip_steer:
+        if _tl.is_encoder(model):
+            print("steering skipped: encoder models do not generate")
+        else:
+            _steer_and_report(lens, args, out)
+    print(f"wrote {out} in {time.time() - t0:.0f} s")
     return 0
 
 
@@ -166,6 +174,74 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompts(source: str, n: int) -> list[str]:
+    """``corpus``: the first sentence of ``n`` documents spread over topics and registers; else a text file."""
+    from . import corpus
+
+    if source == "corpus":
+        docs = corpus.load_corpus()
+        step = max(1, len(docs) // n)
+        return [docs[i].sentences[0].text for i in range(0, len(docs), step)][:n]
+    return corpus.load_texts(source)[:n]
+
+
+def _parse_strengths(spec: str | None) -> dict[str, tuple[float, ...]] | None:
+    """``translate=1,2;scale=0.5,1.5`` → {"translate": (1.0, 2.0), "scale": (0.5, 1.5)}."""
+    if not spec:
+        return None
+    out = {}
+    for part in spec.split(";"):
+        kind, _, vals = part.partition("=")
+        try:
+            out[kind.strip()] = tuple(float(v) for v in vals.split(","))
+        except ValueError as e:
+            raise SystemExit(f"error: cannot parse strengths {part!r} (expected kind=v1,v2)") from e
+    return out
+
+
+def _steer_and_report(lens, args, out: Path) -> None:
+    kinds = tuple(k.strip() for k in args.interventions.split(","))
+    strengths = _parse_strengths(args.strengths) or {k: v for k, v in _MAIN_STRENGTHS.items() if k in kinds}
+    prompts = _prompts(args.prompts, args.n_prompts)
+    res = lens.experiment(prompts, interventions=kinds, strengths=strengths,
+                          seeds=tuple(int(x) for x in args.gen_seeds.split(",")), max_new_tokens=args.max_new_tokens,
+                          do_sample=not args.greedy, top_p=0.9 if not args.greedy else None, batch_size=args.gen_batch_size,
+                          use_scales=args.use_scales.split(",") if args.use_scales else None)
+    res.save(out / "steering", figures=True)
+    text = res.format()
+    (out / "steering.txt").write_text(text + "\n", encoding="utf-8")
+    print(f"steering: {len(prompts)} prompts x {len(kinds)} interventions x scales {res.config.get('scales_used', '')}")
+    print(text)
+
+
+_MAIN_STRENGTHS = {"translate": (2.0,), "scale": (1.5,), "noise": (0.5,), "attention": (2.0,)}
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    from .lens import MSMA
+    from .models import load_model
+
+    _threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model, device=args.device, backend=args.backend)
+    _steer_and_report(MSMA(model, _parse_scales(args.scales)), args, out)
+    return 0
+
+
+def _steer_args(p: argparse.ArgumentParser, n_prompts: int) -> None:
+    g = p.add_argument_group("steering")
+    g.add_argument("--prompts", default="corpus", help="'corpus' (first sentences of bundled documents) or a .txt/.jsonl file")
+    g.add_argument("--n-prompts", type=int, default=n_prompts)
+    g.add_argument("--interventions", default="translate,scale,noise,attention")
+    g.add_argument("--strengths", default=None, help="e.g. 'translate=1,2;scale=0.5,1.5' (translate/noise relative to |h|)")
+    g.add_argument("--use-scales", default=None, help="comma-separated scale names to steer (default: all)")
+    g.add_argument("--gen-seeds", default="0", help="sampling seeds (baseline and steered runs share them)")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--gen-batch-size", type=int, default=8)
+    g.add_argument("--greedy", action="store_true", help="greedy decoding instead of top-p 0.9 sampling")
+
+
 def _fit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("alignment")
     g.add_argument("--pairs", default=None, help="source:target pairs, default 'global:intermediate,intermediate:local'")
@@ -197,9 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True)
     _fit_args(f)
     f.set_defaults(fn=cmd_fit)
-    r = sub.add_parser("run", help="main job: capture the corpus on the default model, write summary + HTML report")
+    st = sub.add_parser("steer", help="steering experiment: interventions x scales x strengths, text-metric effects")
+    _common(st)
+    st.add_argument("--out", required=True)
+    _steer_args(st, n_prompts=16)
+    st.set_defaults(fn=cmd_steer)
+    r = sub.add_parser("run", help="main job: capture the corpus, per-scale report, cross-scale maps, steering effects")
     _common(r)
     r.add_argument("--out", default="out", help="output directory (default: out)")
+    r.add_argument("--skip-fit", action="store_true")
+    r.add_argument("--skip-steer", action="store_true")
+    _fit_args(r)
+    _steer_args(r, n_prompts=8)
+    r.set_defaults(seeds="")
     r.set_defaults(fn=cmd_run)
     return p
 

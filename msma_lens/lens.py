@@ -57,6 +57,29 @@ class MSMA:
         """Baseline / closed form / full / no-geometry / no-information / no-curvature over ``seeds``."""
         return run_ablations(self._acts(acts, texts, "this lens"), cfg, seeds=seeds, **kwargs)
 
+    # ----- interventions ----------------------------------------------------------------------------
+    def steer(self, *interventions: Any, **kwargs: Any):
+        """Context manager applying scale-specific interventions (see :func:`msma_lens.interventions.steer`).
+
+        >>> with lens.steer(Translate("global", delta, strength=4.0), phase="generated") as record:
+        ...     model.generate(...)
+        """
+        from .interventions import steer
+
+        return steer(self.model, *interventions, scales=self.scales, **kwargs)
+
+    def generate(self, prompts: Sequence[str], interventions: Sequence[Any] = (), **kwargs: Any):
+        """KV-cached generation with interventions and optional per-scale capture of the steered trajectory."""
+        from .steering import generate
+
+        return generate(self.model, prompts, interventions, scales=self.scales, **kwargs)
+
+    def experiment(self, prompts: Sequence[str], **kwargs: Any):
+        """prompts × scales × interventions × strengths × seeds → text-metric effects vs the unsteered baseline."""
+        from .steering import run_experiment
+
+        return run_experiment(self.model, prompts, scales=self.scales, **kwargs)
+
     def __repr__(self) -> str:
         p = _tl.provenance(self.model)
         return f"MSMA({p['model_id']!r}, {p['backend']}, {self.scales!r})"

@@ -113,7 +113,11 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
         model = _load(name_or_path, be, seed=seed, n_layers=n_layers, d_model=d_model)
     model.msma_model_id = name_or_path
     model.eval()
-    return model.to(device=torch.device(device), dtype=dt) if (dt != torch.float32 or str(device) != "cpu") else model
+    if str(device) != "cpu":
+        model = model.to(torch.device(device))
+    if dt != torch.float32:
+        model = model.to(dt)  # separate calls: HookedTransformer 2.x's .to() takes no keywords
+    return model
 
 
 def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_model: int | None) -> Any:

@@ -146,3 +146,23 @@ def test_bad_input(planted):
     bad.acts["local"][5, 0] = float("nan")
     with pytest.raises(Exception, match="NaN/Inf"):
         fit_alignment(bad, _cfg())
+
+
+def test_alignment_between_two_models(tmp_path):
+    from msma_lens import MSMA, load_model
+
+    texts = [f"Document {i}: the weather was {w} and the market {m}." for i, (w, m) in
+             enumerate([(w, m) for w in ("cold", "warm", "wet", "dry", "windy", "calm") for m in ("rose", "fell", "held")])]
+    a = MSMA(load_model("tiny-gpt2", d_model=64), {"global": range(2, 4)}).capture(texts, pooling="mean", progress=False)
+    b = MSMA(load_model("tiny-llama", d_model=32), {"global": range(2, 4)}).capture(texts, pooling="mean", progress=False)
+    joined = a.join(b, ("gpt2", "llama"))
+    assert joined.scale_names == ["gpt2:global", "llama:global"]
+    r = fit_alignment(joined, AlignConfig(pairs=(("gpt2:global", "llama:global"),), pair_metrics=("cka_debiased",),
+                                          map_metrics=("residual",), train=MapTrainConfig(steps=5, eval_every=5, batch_size=8)))
+    f = r.maps["gpt2:global->llama:global"]
+    assert (f.d_in, f.d_out) == (64, 32) and f.orthogonality_error() < 1e-5
+    with pytest.raises(ConfigError, match="two different prefixes"):
+        a.join(b, ("x", "x"))
+    tok = MSMA(load_model("tiny-llama", d_model=32), {"global": range(2, 4)}).capture(texts[:3], pooling="token", progress=False)
+    with pytest.raises(ConfigError, match="rows differ"):
+        a.join(tok, ("a", "b"))

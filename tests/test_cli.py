@@ -30,9 +30,17 @@ def test_capture_from_jsonl(tmp_path, capsys):
 
 
 def test_run_writes_summary_and_html(tmp_path, capsys):
-    rc = main(["run", "--model", "tiny-llama", "--max-docs", "12", "--out", str(tmp_path / "o")])
+    rc = main(["run", "--model", "tiny-llama", "--max-docs", "12", "--out", str(tmp_path / "o"), "--steps", "4",
+               "--residual-hidden", "0", "--n-prompts", "3", "--max-new-tokens", "4", "--interventions", "scale,noise"])
     assert rc == 0
     out = tmp_path / "o"
+    assert "global->intermediate" in (out / "alignment.txt").read_text()
+    from msma_lens import AlignmentResult, ExperimentResult
+
+    assert set(AlignmentResult.load(out / "alignment").maps) == {"global->intermediate", "intermediate->local"}
+    exp = ExperimentResult.load(out / "steering")
+    assert {r["intervention"] for r in exp.table} == {"scale", "noise"} and {r["scale"] for r in exp.table} == {"local", "intermediate", "global"}
+    assert "p_holm" in (out / "steering.txt").read_text() and (out / "steering" / "heatmap.html").is_file()
     summary = (out / "summary.txt").read_text()
     assert "local" in summary and "global" in summary and "TwoNN" in summary
     html = (out / "scales.html").read_text()
@@ -53,7 +61,7 @@ def test_errors_exit_2_with_message(tmp_path, capsys):
 
 
 def test_help_everywhere(capsys):
-    for cmd in ([], ["models"], ["capture"], ["run"]):
+    for cmd in ([], ["models"], ["capture"], ["fit"], ["steer"], ["run"]):
         with pytest.raises(SystemExit) as e:
             main([*cmd, "--help"])
         assert e.value.code == 0

@@ -102,3 +102,19 @@ def test_minilm_is_an_encoder():
     assert _tl.is_encoder(m) and m.cfg.n_layers == 6 and m.cfg.d_model == 384
     toks, mask, content = _tl.to_tokens(m, ["A short sentence."])
     assert not content[0, 0] and not content[0, -1]  # [CLS] and [SEP] are excluded from statistics
+
+
+def test_local_directory_model(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = models_mod.tiny_tokenizer()
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=128,
+                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    hf.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    model = load_model(str(tmp_path / "m"), backend=BACKENDS[0])
+    assert model.cfg.n_layers == 2 and model.msma_model_id == str(tmp_path / "m")
+    toks = _tl.to_tokens(model, ["Birds sing."])[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(toks), hf(toks).logits, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,1092 @@
+"""Scale-level interventions (MSPGT §B.4) and the :func:`steer` context manager.
+
+An intervention is a small dataclass applied at every layer of a scale (or at chosen ``layers=``):
+
+* :class:`Translate` ``h + s·Δ`` (``relative=True``: ``s`` times the row's mean residual norm at that layer,
+  along the unit direction), :class:`Scale` ``α·h``, :class:`GaussianNoise` ``h + σ·ε``,
+  :class:`Ablate` (project a direction out) on the residual stream (``blocks.{i}.hook_resid_post`` by default);
+* :class:`AttentionEdit` (temperature ``T``): ``mode="query"`` scales ``hook_q`` by ``1/T``, which equals
+  ``scores/T`` on every architecture; ``"scores"`` / ``"pattern"`` edit ``hook_attn_scores`` / ``hook_pattern``
+  where the architecture honours such edits (masked entries are never un-masked).
+
+**Where and when.** Positions are *absolute*: position 0 is the first real token of a row (BOS when the
+model prepends one), independent of left padding; negative positions count back from the end of the row's
+prompt (``-1`` = last prompt token). A forward *step* is 0 for the prompt pass and ``k`` for the pass that
+feeds generated token ``k`` back in. Each position is edited according to its own step, on every pass that
+computes it, so KV-cached decoding (one ``[B, 1, d]`` step at a time) and uncached decoding (the full
+sequence every step) give the same result and no edit is ever re-applied at a later step's strength.
+``phase="generated"`` edits the generated tokens fed back into the model: the first generated token is
+still produced from the unsteered prompt. A :class:`Schedule` (start, stop, decay) multiplies the strength
+per step (``Scale`` and ``AttentionEdit`` interpolate towards the identity).
+
+Per-row parameters: ``strength``/``alpha``/``sigma``/``temperature`` may be a tensor ``[B]`` and directions
+``[B, d]``; each row then gets its own value. Directions may also be a ``{layer: [d]}`` mapping.
+
+Directions: :func:`contrastive_direction`, :func:`principal_direction`, :func:`transfer_direction` (carry a
+direction through a fitted cross-scale map) and :func:`random_direction` (norm-matched control).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from . import _tl
+from .errors import ArtifactError, ConfigError, HookError
+from .scales import Scales
+
+__all__ = [
+    "PHASES",
+    "Ablate",
+    "AttentionEdit",
+    "EditContext",
+    "GaussianNoise",
+    "Intervention",
+    "Scale",
+    "Schedule",
+    "SteeringRecord",
+    "Translate",
+    "contrastive_direction",
+    "principal_direction",
+    "random_direction",
+    "steer",
+    "transfer_direction",
+]
+
+PHASES = ("prompt", "generated", "both")
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+RESID_SITES = ("resid_pre", "resid_mid", "resid_post")
+ATTENTION_MODES = ("query", "scores", "pattern")
+
+
+# ----- parameter checks ------------------------------------------------------------------------------------
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _param(value: Any, name: str, *, lo: float | None = None, lo_open: bool = False) -> float | torch.Tensor:
+    """A scalar (-> float) or per-row ``[B]`` parameter (-> float32 tensor), finite and above ``lo``."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim == 0:
+            value = float(value)
+        elif value.ndim == 1 and value.numel() > 0:
+            value = value.detach().to(torch.float32).cpu()
+        else:
+            raise ConfigError(f"{name} must be a number or a per-row tensor [B], got shape {tuple(value.shape)}")
+    elif isinstance(value, (list, tuple)):
+        if not value or not all(_is_num(v) for v in value):
+            raise ConfigError(f"{name} must be a number or a per-row list/tensor of numbers, got {value!r}")
+        value = torch.tensor(value, dtype=torch.float32)
+    elif _is_num(value):
+        value = float(value)
+    else:
+        raise ConfigError(f"{name} must be a number or a per-row tensor [B], got {type(value).__name__}")
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if torch.isnan(t).any():
+        raise ConfigError(f"{name} is NaN")
+    if not torch.isfinite(t).all():
+        raise ConfigError(f"{name} is infinite")
+    if lo is not None and ((t <= lo).any() if lo_open else (t < lo).any()):
+        raise ConfigError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value if _is_num(value) else t.tolist()}")
+    return value
+
+
+def _vector(v: Any, name: str) -> torch.Tensor:
+    if not isinstance(v, torch.Tensor):
+        try:
+            v = torch.as_tensor(v, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"{name} must be a tensor [d] or [B, d], got {type(v).__name__}") from e
+    v = v.detach().to(torch.float32).cpu()
+    if v.ndim not in (1, 2) or v.shape[-1] == 0 or (v.ndim == 2 and v.shape[0] == 0):
+        raise ConfigError(f"{name} must be a tensor [d] or [B, d], got shape {tuple(v.shape)}")
+    if not torch.isfinite(v).all():
+        raise ConfigError(f"{name} contains NaN or Inf")
+    norms = v.norm(dim=-1)
+    if (norms == 0).any():
+        which = "" if v.ndim == 1 else f" (row(s) {torch.nonzero(norms == 0).flatten().tolist()})"
+        raise ConfigError(f"{name} has zero norm{which}: a zero direction is no direction (use strength=0 for a no-op)")
+    return v
+
+
+def _direction(v: Any, name: str) -> torch.Tensor | dict[int, torch.Tensor]:
+    if isinstance(v, Mapping):
+        if not v:
+            raise ConfigError(f"{name} mapping is empty; expected {{layer: tensor [d]}}")
+        out = {}
+        for k, x in v.items():
+            if not isinstance(k, int) or isinstance(k, bool):
+                raise ConfigError(f"{name} mapping keys must be layer indices (int), got {k!r}")
+            out[k] = _vector(x, f"{name}[{k}]")
+        return out
+    return _vector(v, name)
+
+
+def _rows(p: float | torch.Tensor, B: int, name: str, device: torch.device) -> float | torch.Tensor:
+    """A parameter broadcast to the batch: a float, or a float32 ``[B]`` tensor on ``device``."""
+    if isinstance(p, float):
+        return p
+    if p.shape[0] != B:
+        raise ConfigError(f"{name} has {p.shape[0]} per-row values but the batch has {B} rows")
+    return p.to(device)
+
+
+def _col(p: float | torch.Tensor) -> float | torch.Tensor:
+    """``[B]`` -> ``[B, 1]`` (broadcast over positions); floats pass through."""
+    return p[:, None] if isinstance(p, torch.Tensor) else p
+
+
+# ----- where and when --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """Strength multiplier per forward step: ``decay ** (step - start)`` for ``start <= step < stop``, else 0.
+
+    Step 0 is the prompt pass; step ``k >= 1`` feeds generated token ``k`` back in. ``decay=1`` is a plain
+    on/off window; ``decay < 1`` fades the edit out.
+    """
+
+    start: int = 0
+    stop: int | None = None
+    decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
+            raise ConfigError(f"Schedule.start must be an int >= 0, got {self.start!r}")
+        if self.stop is not None and (not isinstance(self.stop, int) or isinstance(self.stop, bool) or self.stop <= self.start):
+            raise ConfigError(f"Schedule.stop must be None or an int > start ({self.start}), got {self.stop!r}")
+        if not _is_num(self.decay) or not math.isfinite(self.decay) or self.decay < 0:
+            raise ConfigError(f"Schedule.decay must be a finite number >= 0, got {self.decay!r}")
+
+    def multiplier(self, steps: torch.Tensor) -> torch.Tensor:
+        s = steps.to(torch.float64)
+        on = steps >= self.start
+        if self.stop is not None:
+            on &= steps < self.stop
+        m = torch.pow(torch.tensor(float(self.decay), dtype=torch.float64), (s - self.start).clamp(min=0))
+        return torch.where(on, m, torch.zeros_like(m)).to(torch.float32)
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "stop": self.stop, "decay": self.decay}
+
+    @classmethod
+    def coerce(cls, spec: Any) -> Schedule | None:
+        if spec is None or isinstance(spec, Schedule):
+            return spec
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"start", "stop", "decay"}
+            if unknown:
+                raise ConfigError(f"unknown schedule key(s) {sorted(unknown)}; valid: start, stop, decay")
+            return cls(**spec)
+        if isinstance(spec, (tuple, list)) and 1 <= len(spec) <= 3:
+            return cls(*spec)
+        raise ConfigError(f"schedule must be a Schedule, a dict or a (start, stop, decay) tuple, got {spec!r}")
+
+
+def _positions(spec: Any, name: str = "positions") -> tuple | None:
+    """``None`` (all), ints (absolute; negative = from the end of the prompt) or a ``slice`` ``[lo, hi)``."""
+    if spec is None:
+        return None
+    if isinstance(spec, slice):
+        lo, hi = spec.start or 0, spec.stop
+        if spec.step not in (None, 1) or not isinstance(lo, int) or lo < 0 or (hi is not None and (not isinstance(hi, int) or hi <= lo)):
+            raise ConfigError(f"{name} slice must be slice(lo, hi) with 0 <= lo < hi (hi may be None) and no step, got {spec!r}")
+        return ("slice", lo, hi)
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
+    if isinstance(spec, torch.Tensor):
+        spec = spec.flatten().tolist()
+    if not isinstance(spec, (list, tuple, range)) or len(spec) == 0 or not all(isinstance(p, int) and not isinstance(p, bool) for p in spec):
+        raise ConfigError(f"{name} must be None, an int, a non-empty list of ints or a slice, got {spec!r}")
+    return ("list", *sorted(set(spec)))
+
+
+def _check_phase(phase: Any, name: str = "phase") -> str:
+    if phase not in PHASES:
+        raise ConfigError(f"{name} must be one of {list(PHASES)}, got {phase!r}")
+    return phase
+
+
+# ----- interventions ---------------------------------------------------------------------------------------
+@dataclass
+class EditContext:
+    """What an intervention sees for one hook call.
+
+    ``mult`` is the ``[B, T]`` per-position multiplier (0 = leave alone; ``None`` = 1 everywhere);
+    ``abs_pos`` the ``[B, T]`` absolute positions (negative on left padding); ``ref_norm`` the ``[B]`` mean
+    residual norm of the row's prompt at this layer (relative interventions only); ``state`` a dict private
+    to (intervention, layer) that lives for one sequence.
+    """
+
+    layer: int
+    step: int
+    mult: torch.Tensor | None
+    abs_pos: torch.Tensor
+    ref_norm: torch.Tensor | None
+    state: dict
+
+
+@dataclass
+class Intervention:
+    """Base class. Subclasses implement :meth:`apply`; ``kind`` names them in records and tables.
+
+    ``scale`` names a group of the model's :class:`~msma_lens.Scales` (every layer of it is edited);
+    ``layers`` picks layers explicitly (inside ``scale`` when both are given). ``phase``, ``positions`` and
+    ``schedule`` override those of :func:`steer` for this intervention. ``site`` is the residual hook.
+    """
+
+    scale: str | None
+    _: KW_ONLY
+    layers: Sequence[int] | None = None
+    phase: str | None = None
+    positions: Any = None
+    schedule: Schedule | Mapping | tuple | None = None
+    site: str = "resid_post"
+
+    kind: ClassVar[str] = "intervention"
+    needs_reference: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        cls = type(self).__name__
+        if self.scale is not None and not isinstance(self.scale, str):
+            raise ConfigError(f"{cls}.scale must be a scale name or None, got {self.scale!r}")
+        if self.scale is None and self.layers is None:
+            raise ConfigError(f"{cls} needs a scale name or layers=[...]")
+        if self.layers is not None:
+            ls = [self.layers] if isinstance(self.layers, int) else list(self.layers)
+            if not ls or not all(isinstance(x, int) and not isinstance(x, bool) for x in ls):
+                raise ConfigError(f"{cls}.layers must be a non-empty list of ints, got {self.layers!r}")
+            self.layers = tuple(sorted(set(ls)))
+        if self.phase is not None:
+            _check_phase(self.phase, f"{cls}.phase")
+        self._positions = _positions(self.positions, f"{cls}.positions")
+        self.schedule = Schedule.coerce(self.schedule)
+        if self.site not in RESID_SITES:
+            raise ConfigError(f"{cls}.site must be one of {list(RESID_SITES)}, got {self.site!r}")
+
+    # -- resolution against a model --
+    def resolve_layers(self, model: Any, scales: Scales) -> tuple[int, ...]:
+        n = _tl.n_layers(model)
+        cls = type(self).__name__
+        in_scale = scales[self.scale] if self.scale is not None else None  # ConfigError names unknown scales
+        layers = self.layers if self.layers is not None else in_scale
+        bad = [x for x in layers if not 0 <= x < n]
+        if bad:
+            raise ConfigError(f"{cls}: layers {bad} are outside the model's blocks 0..{n - 1}")
+        if in_scale is not None and self.layers is not None:
+            outside = [x for x in layers if x not in in_scale]
+            if outside:
+                raise ConfigError(f"{cls}: layers {outside} are not in scale {self.scale!r} ({in_scale[0]}-{in_scale[-1]})")
+        return tuple(layers)
+
+    def hook_name(self, model: Any, layer: int) -> str:
+        return _tl.resid_name(model, layer, self.site)
+
+    def check(self, model: Any, layers: tuple[int, ...]) -> None:
+        """Model-dependent checks (widths, architecture support); raise ConfigError."""
+
+    def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        d: dict[str, Any] = {"kind": self.kind, "scale": self.scale, "layers": list(self.layers) if self.layers else None}
+        for k in ("phase", "site"):
+            d[k] = getattr(self, k)
+        d["positions"] = _describe_positions(self._positions)
+        d["schedule"] = self.schedule.to_dict() if self.schedule else None
+        d.update(self._params())
+        return d
+
+    def _params(self) -> dict:
+        return {}
+
+    def _check_width(self, v: torch.Tensor | dict, model: Any, name: str, layers: tuple[int, ...]) -> None:
+        d = _tl.d_model(model)
+        vs = v.items() if isinstance(v, dict) else [(None, v)]
+        for k, t in vs:
+            if t.shape[-1] != d:
+                where = f"[{k}]" if k is not None else ""
+                raise ConfigError(f"{type(self).__name__}.{name}{where} has width {t.shape[-1]}, but the model's d_model is {d}")
+        if isinstance(v, dict):
+            missing = [x for x in layers if x not in v]
+            if missing:
+                raise ConfigError(f"{type(self).__name__}.{name} has no vector for layer(s) {missing}")
+
+
+def _describe_positions(p: tuple | None) -> Any:
+    if p is None:
+        return None
+    return {"slice": [p[1], p[2]]} if p[0] == "slice" else list(p[1:])
+
+
+def _summ(p: float | torch.Tensor) -> Any:
+    return p if isinstance(p, float) else [round(float(v), 6) for v in p]
+
+
+def _dir_summary(v: torch.Tensor | dict) -> dict:
+    if isinstance(v, dict):
+        return {"per_layer": sorted(v), "norm": {k: round(float(t.norm()), 6) for k, t in v.items()}}
+    return {"shape": list(v.shape), "norm": round(float(v.norm()), 6) if v.ndim == 1 else [round(float(n), 6) for n in v.norm(dim=-1)]}
+
+
+def _dir_for(v: torch.Tensor | dict, layer: int) -> torch.Tensor:
+    return v[layer] if isinstance(v, dict) else v
+
+
+def _batched_dir(d: torch.Tensor, B: int, name: str, device: torch.device) -> torch.Tensor:
+    """``[d]`` -> ``[1, 1, d]``; ``[B, d]`` -> ``[B, 1, d]`` (checked against the batch)."""
+    if d.ndim == 1:
+        return d.to(device)[None, None]
+    if d.shape[0] != B:
+        raise ConfigError(f"{name} has {d.shape[0]} per-row directions but the batch has {B} rows")
+    return d.to(device)[:, None]
+
+
+def _apply_mult(x: torch.Tensor, delta: torch.Tensor, mult: torch.Tensor | None) -> torch.Tensor:
+    """``x + mult·delta`` with delta ``[B|1, T|1, d]`` in float32, cast to x's dtype."""
+    if mult is not None:
+        delta = mult.to(delta.device)[..., None] * delta
+    return x + delta.to(dtype=x.dtype, device=x.device)
+
+
+@dataclass
+class Translate(Intervention):
+    """``h + strength·Δ``; ``relative=True``: ``h + strength·‖h‖_mean·Δ/‖Δ‖`` with ``‖h‖_mean`` the row's mean
+    residual norm at that layer over its prompt positions except BOS and padding (measured on the prompt pass)."""
+
+    direction: Any = None
+    strength: Any = 1.0
+    relative: bool = False
+    kind: ClassVar[str] = "translate"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction is None:
+            raise ConfigError("Translate needs a direction (a tensor [d] or [B, d], or {layer: tensor})")
+        self.direction = _direction(self.direction, "Translate.direction")
+        self.strength = _param(self.strength, "Translate.strength")
+        if not isinstance(self.relative, bool):
+            raise ConfigError(f"Translate.relative must be a bool, got {self.relative!r}")
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return self.relative
+
+    def check(self, model: Any, layers: tuple[int, ...]) -> None:
+        self._check_width(self.direction, model, "direction", layers)
+
+    def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
+        B, dev = x.shape[0], x.device
+        d = _batched_dir(_dir_for(self.direction, ctx.layer), B, "Translate.direction", dev)
+        s = _rows(self.strength, B, "Translate.strength", dev)
+        if self.relative:
+            d = d / d.norm(dim=-1, keepdim=True)
+            s = s * ctx.ref_norm.to(dev)
+        coef = s[:, None, None] if isinstance(s, torch.Tensor) else s
+        return _apply_mult(x, coef * d, ctx.mult)
+
+    def _params(self) -> dict:
+        return {"strength": _summ(self.strength), "relative": self.relative, "direction": _dir_summary(self.direction)}
+
+
+@dataclass
+class Scale(Intervention):
+    """``α·h`` (amplify α > 1, attenuate α < 1). With a schedule multiplier m the factor is ``1 + (α−1)·m``."""
+
+    alpha: Any = 1.0
+    kind: ClassVar[str] = "scale"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.alpha = _param(self.alpha, "Scale.alpha")
+
+    def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
+        a = _rows(self.alpha, x.shape[0], "Scale.alpha", x.device)
+        if ctx.mult is None:
+            return x * (a[:, None, None].to(x.dtype) if isinstance(a, torch.Tensor) else a)
+        m = ctx.mult.to(x.device)
+        a = _col(a)
+        f = torch.where(m == 1, torch.as_tensor(a, dtype=torch.float32, device=x.device).expand_as(m), 1 + (a - 1) * m)
+        return x * f[..., None].to(x.dtype)
+
+    def _params(self) -> dict:
+        return {"alpha": _summ(self.alpha)}
+
+
+@dataclass
+class GaussianNoise(Intervention):
+    """``h + σ·ε``, ε ~ N(0, I) per position; ``relative=True``: σ times the row's RMS residual coordinate
+    (``‖h‖_mean/√d``, so the noise norm is about ``σ·‖h‖_mean``).
+
+    Noise comes from its own seeded generators, never the global RNG: one stream per (row seed, layer),
+    consumed position by position, so a position's noise does not depend on KV caching or on the rest of the
+    batch. ``seed`` is an int (every row gets the same stream: common random numbers, batch-invariant) or one
+    seed per row (independent noise per row).
+    """
+
+    sigma: Any = 0.0
+    relative: bool = False
+    seed: int | Sequence[int] = 0
+    kind: ClassVar[str] = "noise"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sigma = _param(self.sigma, "GaussianNoise.sigma", lo=0.0)
+        if not isinstance(self.relative, bool):
+            raise ConfigError(f"GaussianNoise.relative must be a bool, got {self.relative!r}")
+        if isinstance(self.seed, torch.Tensor):
+            self.seed = [int(s) for s in self.seed.flatten()]
+        ok = (isinstance(self.seed, int) and not isinstance(self.seed, bool)) or (
+            isinstance(self.seed, (list, tuple)) and len(self.seed) > 0 and all(isinstance(s, int) for s in self.seed))
+        if not ok:
+            raise ConfigError(f"GaussianNoise.seed must be an int or a list of per-row ints, got {self.seed!r}")
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return self.relative
+
+    def _row_seeds(self, B: int) -> list[int]:
+        if isinstance(self.seed, int):
+            return [self.seed] * B
+        if len(self.seed) != B:
+            raise ConfigError(f"GaussianNoise.seed has {len(self.seed)} per-row seeds but the batch has {B} rows")
+        return list(self.seed)
+
+    def noise(self, ctx: EditContext, B: int, d: int) -> torch.Tensor:
+        """``[B, T, d]`` float32 noise for the absolute positions of this call (CPU generators)."""
+        st = ctx.state
+        if "gens" not in st:
+            st["gens"] = [torch.Generator().manual_seed(_mix(s, ctx.layer)) for s in self._row_seeds(B)]
+            st["buf"] = torch.zeros(B, 0, d)
+        need = int(ctx.abs_pos.max()) + 1
+        buf = st["buf"]
+        if need > buf.shape[1]:
+            n = need - buf.shape[1]
+            new = torch.stack([torch.randn(n, d, generator=g) for g in st["gens"]])
+            st["buf"] = buf = torch.cat([buf, new], dim=1)
+        idx = ctx.abs_pos.clamp(min=0).cpu()
+        return buf[torch.arange(B)[:, None], idx]
+
+    def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
+        B, d, dev = x.shape[0], x.shape[-1], x.device
+        s = _rows(self.sigma, B, "GaussianNoise.sigma", dev)
+        if self.relative:
+            s = s * ctx.ref_norm.to(dev) / math.sqrt(d)
+        eps = self.noise(ctx, B, d).to(dev)
+        coef = s[:, None, None] if isinstance(s, torch.Tensor) else s
+        return _apply_mult(x, coef * eps, ctx.mult)
+
+    def _params(self) -> dict:
+        return {"sigma": _summ(self.sigma), "relative": self.relative, "seed": self.seed}
+
+
+def _mix(*parts: int) -> int:
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass
+class Ablate(Intervention):
+    """Project a direction out: ``h − (h·u)u`` with ``u = Δ/‖Δ‖`` (a schedule multiplier m removes ``m·(h·u)u``)."""
+
+    direction: Any = None
+    kind: ClassVar[str] = "ablate"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction is None:
+            raise ConfigError("Ablate needs a direction (a tensor [d] or [B, d], or {layer: tensor})")
+        self.direction = _direction(self.direction, "Ablate.direction")
+
+    def check(self, model: Any, layers: tuple[int, ...]) -> None:
+        self._check_width(self.direction, model, "direction", layers)
+
+    def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
+        u = _batched_dir(_dir_for(self.direction, ctx.layer), x.shape[0], "Ablate.direction", x.device)
+        u = u / u.norm(dim=-1, keepdim=True)
+        proj = (x.float() * u).sum(-1, keepdim=True)  # [B, T, 1]
+        return _apply_mult(x, -proj * u, ctx.mult)
+
+    def _params(self) -> dict:
+        return {"direction": _dir_summary(self.direction)}
+
+
+@dataclass
+class AttentionEdit(Intervention):
+    """Attention temperature ``T`` (``T < 1`` sharpens, ``T > 1`` flattens).
+
+    ``mode="query"`` multiplies ``hook_q`` by ``1/T``: ``(q/T)·k = scores/T`` exactly, on every architecture
+    (including BERT-style bridges that delegate attention to Hugging Face). ``"scores"`` divides the unmasked
+    entries of ``hook_attn_scores`` by T (masked entries, ``-inf`` on HookedTransformer and ``finfo.min`` on the
+    bridge, are left as they are). ``"pattern"`` re-weights ``hook_pattern`` as ``p^(1/T)`` renormalised over
+    keys, which equals ``softmax(scores/T)`` and keeps masked zeros at zero. ``"scores"``/``"pattern"`` raise
+    ConfigError on architectures that discard such edits. Positions select query positions.
+    """
+
+    temperature: Any = 1.0
+    mode: str = "query"
+    kind: ClassVar[str] = "attention"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.temperature = _param(self.temperature, "AttentionEdit.temperature", lo=0.0, lo_open=True)
+        if self.mode not in ATTENTION_MODES:
+            raise ConfigError(f"AttentionEdit.mode must be one of {list(ATTENTION_MODES)}, got {self.mode!r}")
+
+    def hook_name(self, model: Any, layer: int) -> str:
+        return _tl.attn_hook_name(model, layer, self.mode)
+
+    def check(self, model: Any, layers: tuple[int, ...]) -> None:
+        if self.mode == "query":
+            return
+        bad = [x for x in layers if not _tl.attention_edits_flow(model, x)]
+        if bad:
+            raise ConfigError(
+                f"AttentionEdit(mode={self.mode!r}) at layer(s) {bad}: this architecture's attention "
+                f"({_tl.attention_class(model, bad[0])}) delegates to the Hugging Face module and discards edits to "
+                f"hook_attn_scores/hook_pattern; use mode='query' (q/T gives exactly scores/T)")
+
+    def _factor(self, ctx: EditContext, B: int, device: torch.device) -> torch.Tensor | float:
+        """``1/T`` per (row, query position) as ``[B, Tq]`` float32, or a float when uniform."""
+        inv = _rows(self.temperature, B, "AttentionEdit.temperature", device)
+        inv = 1.0 / inv
+        if ctx.mult is None:
+            return inv
+        m = ctx.mult.to(device)
+        inv = torch.as_tensor(_col(inv), dtype=torch.float32, device=device).expand_as(m)
+        return torch.where(m == 1, inv, torch.pow(inv, m))
+
+    def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
+        B, dev = x.shape[0], x.device
+        f = self._factor(ctx, B, dev)
+        if self.mode == "query":  # q: [B, T, H, dh]
+            if isinstance(f, torch.Tensor):
+                f = (f[:, :, None, None] if f.ndim == 2 else f[:, None, None, None]).to(x.dtype)
+            return x * f
+        # scores / pattern: [B, H, Tq, Tk]
+        if isinstance(f, torch.Tensor):
+            f = f[:, None, :, None] if f.ndim == 2 else f[:, None, None, None]
+        else:
+            f = torch.full((1, 1, 1, 1), f, device=dev)
+        if self.mode == "scores":
+            live = x > torch.finfo(x.dtype).min / 2  # False for -inf and finfo.min
+            return torch.where(live, x * f.to(x.dtype), x)
+        p = x.float().clamp(min=0).pow(f)
+        z = p.sum(-1, keepdim=True)
+        new = torch.where(z > 0, p / z.clamp(min=torch.finfo(torch.float32).tiny), x.float()).to(x.dtype)
+        return torch.where(f != 1, new, x)  # T = 1 (or an unselected query) leaves the row exactly as it was
+
+    def _params(self) -> dict:
+        return {"temperature": _summ(self.temperature), "mode": self.mode}
+
+
+# ----- the record ------------------------------------------------------------------------------------------
+@dataclass
+class SteeringRecord:
+    """What a :func:`steer` block applied where.
+
+    ``interventions[i]`` describes intervention i (kind, parameters, resolved ``layers``, ``hooks``);
+    ``forwards`` has one entry per forward pass: ``step``, ``columns`` ``[start, end)`` of the padded
+    sequence seen, ``batch``, and ``edits`` ``{i: {"positions": absolute positions edited (union over rows),
+    "rows": rows edited, "n": (row, position) pairs}}``. ``hook_calls`` counts calls per hook name.
+    """
+
+    interventions: list[dict] = field(default_factory=list)
+    forwards: list[dict] = field(default_factory=list)
+    hook_calls: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def applied(self, i: int | None = None) -> bool:
+        return any((i is None and f["edits"]) or (i is not None and i in f["edits"]) for f in self.forwards)
+
+    def steps(self, i: int = 0) -> list[int]:
+        """Forward steps in which intervention ``i`` edited anything."""
+        return sorted({f["step"] for f in self.forwards if i in f["edits"]})
+
+    def positions(self, i: int = 0) -> list[int]:
+        """Absolute positions intervention ``i`` edited (union over rows and steps)."""
+        return sorted({p for f in self.forwards if i in f["edits"] for p in f["edits"][i]["positions"]})
+
+    def layers(self, i: int = 0) -> list[int]:
+        return list(self.interventions[i]["layers"])
+
+    def n_edits(self, i: int = 0) -> int:
+        """(row, position) pairs edited per layer, summed over forward passes."""
+        return sum(f["edits"][i]["n"] for f in self.forwards if i in f["edits"])
+
+    def to_dict(self) -> dict:
+        return {"interventions": self.interventions, "forwards": self.forwards, "hook_calls": self.hook_calls,
+                "warnings": self.warnings}
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        f, level = sys._getframe(1), 2  # point the warning at the first frame outside msma_lens and contextlib
+        while f is not None and (f.f_code.co_filename.startswith(_PKG_DIR) or f.f_code.co_filename.endswith("contextlib.py")):
+            f, level = f.f_back, level + 1
+        warnings.warn(msg, UserWarning, stacklevel=level)
+
+
+# ----- the session behind steer() --------------------------------------------------------------------------
+@dataclass
+class _Bound:
+    iv: Intervention
+    index: int
+    layers: tuple[int, ...]
+    names: dict[int, str]
+    phase: str
+    positions: tuple | None
+    schedule: Schedule | None
+    state: dict[int, dict] = field(default_factory=dict)
+    cache: tuple = (-1, None, False)  # (forward id, mult, active)
+
+
+@dataclass
+class _Sequence:
+    """A known prompt (set by :func:`msma_lens.steering.generate`): ``mask`` ``[B, P]`` (1 = real token)."""
+
+    mask: torch.Tensor
+    prepend_bos: bool
+
+
+class _Session:
+    def __init__(self, model: Any, bound: list[_Bound], record: SteeringRecord, *, attention_mask: torch.Tensor | None,
+                 sequence: _Sequence | None, capture: dict[int, str] | None) -> None:
+        self.model, self.bound, self.record = model, bound, record
+        self.user_mask = attention_mask
+        self.fixed = sequence
+        self.encoder = _tl.is_encoder(model)
+        self.bos = sequence.prepend_bos if sequence is not None else _tl.default_prepend_bos(model)
+        self.capture_names = capture or {}
+        self.captured: dict[int, list[torch.Tensor]] = {x: [] for x in self.capture_names}
+        self.cap_end: dict[int, int] = {x: 0 for x in self.capture_names}
+        self.fid = 0
+        self.step: int | None = None
+        self.prev: torch.Tensor | None = None
+        if sequence is not None:
+            self._new_sequence(sequence.mask)
+
+    # -- sequence bookkeeping --
+    def _new_sequence(self, mask: torch.Tensor) -> None:
+        mask = mask.detach().to("cpu").bool()
+        self.B, self.P = mask.shape
+        self.mask = mask
+        self.offsets = mask.long().argmax(1)          # leading pads (left padding)
+        self.lengths = mask.long().sum(1)              # real prompt tokens
+        self.step, self.end, self.prev = None, self.P, None
+        for b in self.bound:
+            b.state = {x: {} for x in b.layers}
+        for x in self.cap_end:
+            self.cap_end[x] = 0
+            self.captured[x] = []
+
+    def tracker(self, x: torch.Tensor, hook: Any) -> None:
+        B, T = x.shape[0], x.shape[1]
+        self.fid += 1
+        if self.fixed is not None:
+            if self.step is None:
+                if (B, T) != (self.B, self.P):
+                    raise HookError(f"the prompt pass has shape [{B}, {T}] but steering expected [{self.B}, {self.P}] "
+                                    "(the model tokenised the prompts differently)")
+                self.step = 0
+            else:
+                self.step += 1
+                self.end += 1
+                if B != self.B or T not in (1, self.end):
+                    raise HookError(f"unexpected forward pass [{B}, {T}] at generation step {self.step} "
+                                    f"(expected [{self.B}, 1] with the KV cache or [{self.B}, {self.end}] without)")
+        else:
+            cont = False
+            if not self.encoder and self.step is not None and B == self.B:
+                if T == 1:
+                    cont = True  # KV-cached decoding step
+                elif T == self.end + 1 and self.prev is not None and torch.equal(x[:, : self.end], self.prev):
+                    cont = True  # uncached decoding step: same prefix plus one token
+            if cont:
+                self.step += 1
+                self.end += 1
+            else:
+                m = self.user_mask
+                if m is not None and tuple(m.shape) != (B, T):
+                    raise ConfigError(f"attention_mask has shape {tuple(m.shape)} but the forward pass has [{B}, {T}]")
+                self._new_sequence(m if m is not None else torch.ones(B, T, dtype=torch.bool))
+                self.step = 0
+            self.prev = x.detach() if T == self.end else None
+        self.start = self.end - T
+        cols = torch.arange(self.start, self.end)
+        self.cols = cols
+        self.abs_pos = cols[None, :] - self.offsets[:, None]
+        in_prompt = cols < self.P
+        self.real = torch.where(in_prompt[None, :], self.mask[:, cols.clamp(max=self.P - 1)], torch.ones(1, dtype=torch.bool))
+        self.col_step = (cols - self.P + 1).clamp(min=0)
+        self.in_prompt = in_prompt
+        self.fwd = {"step": self.step, "columns": [self.start, self.end], "batch": B, "edits": {}}
+        self.record.forwards.append(self.fwd)
+
+    # -- per intervention, per forward --
+    def _mult(self, b: _Bound) -> tuple[torch.Tensor | None, bool]:
+        if b.cache[0] == self.fid:
+            return b.cache[1], b.cache[2]
+        sel = self.real.clone()
+        if b.phase == "prompt":
+            sel &= self.in_prompt[None, :]
+        elif b.phase == "generated":
+            sel &= ~self.in_prompt[None, :]
+        if b.positions is not None:
+            pos = self.abs_pos
+            if b.positions[0] == "slice":
+                lo, hi = b.positions[1], b.positions[2]
+                sel &= (pos >= lo) & ((pos < hi) if hi is not None else torch.ones_like(sel))
+            else:
+                want = torch.tensor(b.positions[1:], dtype=torch.long)
+                want = torch.where(want[None, :] < 0, self.lengths[:, None] + want[None, :], want[None, :])  # [B, k]
+                sel &= (pos[:, :, None] == want[:, None, :]).any(-1) & (pos >= 0)
+        m = sel.to(torch.float32)
+        if b.schedule is not None:
+            m = m * b.schedule.multiplier(self.col_step)[None, :]
+        active = bool((m != 0).any())
+        if active:
+            hit = m != 0
+            self.fwd["edits"][b.index] = {"positions": sorted(set(self.abs_pos[hit].tolist())),
+                                          "rows": torch.nonzero(hit.any(1)).flatten().tolist(), "n": int(hit.sum())}
+            mult = None if bool((m == 1).all()) else m
+        else:
+            mult = None
+        b.cache = (self.fid, mult, active)
+        return mult, active
+
+    def _reference(self, b: _Bound, layer: int, x: torch.Tensor) -> torch.Tensor:
+        st = b.state[layer]
+        if "ref" not in st:
+            if self.start != 0:
+                raise HookError(f"{type(b.iv).__name__}(relative=True) needs the prompt pass to measure residual norms "
+                                f"at layer {layer}, but the first pass it saw started at column {self.start}")
+            use = self.real & self.in_prompt[None, :]
+            if self.bos:
+                use &= self.abs_pos >= 1
+            use = torch.where(use.any(1, keepdim=True), use, self.real).to(x.device)
+            norms = x.detach().float().norm(dim=-1)
+            st["ref"] = (norms * use).sum(1) / use.sum(1).clamp(min=1)
+        return st["ref"]
+
+    def make_hook(self, entries: list[tuple[_Bound, int]], captures: list[int]):
+        def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            if self.step is None:
+                raise HookError("a steering hook fired before the first block's input hook; "
+                                "start_at_layer / partial forward passes are not supported inside steer()")
+            for b, layer in entries:
+                mult, active = self._mult(b)
+                ref = self._reference(b, layer, x) if b.iv.needs_reference and self.step == 0 else b.state[layer].get("ref")
+                if not active:
+                    continue
+                ctx = EditContext(layer, self.step, mult, self.abs_pos, ref, b.state[layer])
+                x = b.iv.apply(x, ctx)
+            for layer in captures:
+                self._capture(layer, x)
+            return x
+
+        return hook
+
+    def _capture(self, layer: int, x: torch.Tensor) -> None:
+        done = self.cap_end[layer]
+        if self.end <= done:
+            return
+        new = x[:, done - self.start:] if done > self.start else x
+        self.captured[layer].append(new.detach().clone())
+        self.cap_end[layer] = self.end
+
+
+def _bind(model: Any, interventions: Sequence[Intervention], scales: Scales, phase: str, positions: tuple | None,
+          schedule: Schedule | None) -> list[_Bound]:
+    out = []
+    for i, iv in enumerate(interventions):
+        if not isinstance(iv, Intervention):
+            raise ConfigError(f"intervention {i} is a {type(iv).__name__}, expected Translate/Scale/GaussianNoise/AttentionEdit/Ablate")
+        layers = iv.resolve_layers(model, scales)
+        iv.check(model, layers)
+        names = {x: iv.hook_name(model, x) for x in layers}
+        out.append(_Bound(iv, i, layers, names, iv.phase or phase,
+                          iv._positions if iv.positions is not None else positions,
+                          iv.schedule if iv.schedule is not None else schedule))
+    return out
+
+
+def _flatten(interventions: tuple) -> list[Intervention]:
+    out: list = []
+    for iv in interventions:
+        if isinstance(iv, (list, tuple)):
+            out.extend(iv)
+        elif iv is not None:
+            out.append(iv)
+    return out
+
+
+def _never_warnings(bound: list[_Bound], *, encoder: bool, max_steps: int | None = None,
+                    prompt_lengths: Sequence[int] | None = None) -> list[tuple[int, str]]:
+    """(intervention index, reason) for interventions that can never apply, knowable before running."""
+    out: list[tuple[int, str]] = []
+    for b in bound:
+        msgs: list[str] = []
+        name = f"intervention {b.index} ({type(b.iv).__name__})"
+        sch, pos = b.schedule, b.positions
+        if b.phase == "generated" and encoder:
+            msgs.append(f"{name} has phase='generated', but encoder models never generate")
+        if b.phase == "generated" and max_steps is not None and max_steps < 2:
+            msgs.append(f"{name} has phase='generated', but with max_new_tokens={max_steps} no generated token is fed back")
+        if sch is not None:
+            if b.phase == "prompt" and sch.start > 0:
+                msgs.append(f"{name}: phase='prompt' runs at step 0 only, but the schedule starts at step {sch.start}")
+            if b.phase == "generated" and sch.stop is not None and sch.stop <= 1:
+                msgs.append(f"{name}: phase='generated' starts at step 1, but the schedule stops before step {sch.stop}")
+            if max_steps is not None and sch.start >= max_steps:
+                msgs.append(f"{name}: the schedule starts at step {sch.start}, but generation runs steps 0..{max_steps - 1}")
+        if pos is not None and pos[0] == "list":
+            ps = pos[1:]
+            if b.phase == "generated" and all(p < 0 for p in ps):
+                msgs.append(f"{name}: negative positions {list(ps)} index prompt tokens, but phase='generated'")
+            if prompt_lengths is not None:
+                lo, hi = min(prompt_lengths), max(prompt_lengths)
+                if b.phase == "generated" and all(0 <= p < lo for p in ps):
+                    msgs.append(f"{name}: positions {list(ps)} lie inside every prompt (>= {lo} tokens), but phase='generated'")
+                if b.phase == "prompt" and all(p >= hi for p in ps):
+                    msgs.append(f"{name}: positions {list(ps)} lie beyond every prompt (<= {hi} tokens), but phase='prompt'")
+                if max_steps is not None and all(p >= hi + max_steps - 1 for p in ps):
+                    msgs.append(f"{name}: positions {list(ps)} are never reached (prompts <= {hi} tokens + {max_steps - 1} fed-back tokens)")
+        if pos is not None and pos[0] == "slice" and prompt_lengths is not None:
+            if b.phase == "prompt" and pos[1] >= max(prompt_lengths):
+                msgs.append(f"{name}: positions from {pos[1]} lie beyond every prompt, but phase='prompt'")
+        out.extend((b.index, m) for m in msgs)
+    return out
+
+
+@contextlib.contextmanager
+def _steer(model: Any, interventions: Sequence[Intervention], *, scales: Any = None, phase: str = "both",
+           positions: Any = None, schedule: Any = None, attention_mask: torch.Tensor | None = None,
+           sequence: _Sequence | None = None, capture_layers: Sequence[int] = (), capture_site: str = "resid_post",
+           max_steps: int | None = None, prompt_lengths: Sequence[int] | None = None) -> Iterator[tuple[SteeringRecord, _Session]]:
+    _tl.check_model(model)
+    scales = Scales.coerce(scales, _tl.n_layers(model))
+    _check_phase(phase)
+    pos = _positions(positions)
+    sch = Schedule.coerce(schedule)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2):
+        raise ConfigError("attention_mask must be a [B, T] tensor (1 = real token)")
+    bound = _bind(model, list(interventions), scales, phase, pos, sch)
+    record = SteeringRecord()
+    for b in bound:
+        record.interventions.append({**b.iv.describe(), "layers": list(b.layers), "hooks": [b.names[x] for x in b.layers],
+                                     "phase": b.phase, "positions": _describe_positions(b.positions),
+                                     "schedule": b.schedule.to_dict() if b.schedule else None})
+    never = _never_warnings(bound, encoder=_tl.is_encoder(model), max_steps=max_steps, prompt_lengths=prompt_lengths)
+    for _, msg in never:
+        record._warn(msg)
+    cap = {x: _tl.resid_name(model, x, capture_site) for x in capture_layers}
+    session = _Session(model, bound, record, attention_mask=attention_mask, sequence=sequence, capture=cap)
+
+    by_name: dict[str, tuple[list, list]] = {}
+    for b in bound:
+        for x in b.layers:
+            by_name.setdefault(b.names[x], ([], []))[0].append((b, x))
+    for x, n in cap.items():
+        by_name.setdefault(n, ([], []))[1].append(x)
+    tracker_name = _tl.resid_name(model, 0, "resid_pre")
+    fwd_hooks = [(tracker_name, session.tracker)]
+    fwd_hooks += [(n, session.make_hook(e, c)) for n, (e, c) in by_name.items()]
+    with _tl.scoped_hooks(model, fwd_hooks, require_fired=False) as calls:
+        yield record, session
+    record.hook_calls = dict(calls.calls)
+    if session.fid > 0:
+        unfired = [n for n, c in calls.calls.items() if c == 0]
+        if unfired:
+            raise HookError(f"steering hook(s) {unfired} never fired although {session.fid} forward pass(es) ran "
+                            "(stop_at_layer below the scale, or a model that bypasses these hook points)")
+        warned = {i for i, _ in never}
+        for b in bound:
+            if b.index not in warned and not record.applied(b.index):
+                record._warn(f"intervention {b.index} ({type(b.iv).__name__} on layers {list(b.layers)}) was never applied in "
+                             f"{session.fid} forward pass(es): check phase={b.phase!r}, positions and schedule")
+
+
+@contextlib.contextmanager
+def steer(model: Any, *interventions: Intervention, scales: Any = None, phase: str = "both", positions: Any = None,
+          schedule: Schedule | Mapping | tuple | None = None, attention_mask: torch.Tensor | None = None) -> Iterator[SteeringRecord]:
+    """Apply interventions to every forward pass (and ``model.generate`` step) inside the block.
+
+    ``scales``: a :class:`~msma_lens.Scales` spec (default: thirds of the depth). ``phase``: ``"prompt"``,
+    ``"generated"`` or ``"both"``; ``positions``: absolute positions (see the module docstring); ``schedule``:
+    a :class:`Schedule`. ``attention_mask`` ``[B, T]`` describes padding of the prompt passes inside the block
+    (needed for left-padded token batches so positions and norms skip the pads).
+
+    A forward pass continues the current sequence when it is a KV-cached step (one new token, same batch) or
+    an uncached step (the same inputs plus one token); anything else starts a new sequence at step 0. A
+    genuinely new one-token prompt right after a pass is therefore read as a decoding step: use
+    :func:`msma_lens.steering.generate` or separate ``steer`` blocks when that matters.
+
+    Hooks go through ``model.hooks`` (removed on exit, also on exceptions mid-generation) and compose with
+    hooks the user attached. Yields a :class:`SteeringRecord`; warns when an intervention can never apply or
+    was never applied.
+    """
+    with _steer(model, _flatten(interventions), scales=scales, phase=phase, positions=positions, schedule=schedule,
+                attention_mask=attention_mask) as (record, _):
+        yield record
+
+
+# ----- directions ------------------------------------------------------------------------------------------
+def _scale_layers(model: Any, scale: str, scales: Any) -> tuple[Scales, tuple[int, ...]]:
+    sc = Scales.coerce(scales, _tl.n_layers(model))
+    return sc, sc[scale]
+
+
+def _pooled(model: Any, texts: Sequence[str], scale: str, scales: Any, *, pooling: str, per_layer: bool, site: str,
+            batch_size: int) -> dict[Any, torch.Tensor]:
+    """Per-scale (or per-layer) activations via :func:`msma_lens.capture.capture` (BOS/pad excluded)."""
+    from .capture import capture
+
+    _, layers = _scale_layers(model, scale, scales)
+    groups = {f"layer{x}": [x] for x in layers} if per_layer else {scale: layers}
+    acts = capture(model, Scales(groups), list(texts), pooling=pooling, layer_agg="mean", site=site,
+                   batch_size=batch_size, progress=False)
+    if per_layer:
+        return {x: acts[f"layer{x}"].double() for x in layers}
+    return {None: acts[scale].double()}
+
+
+def contrastive_direction(model: Any, positive: Sequence[str], negative: Sequence[str], scale: str, *, scales: Any = None,
+                          per_layer: bool = False, site: str = "resid_post", batch_size: int = 8) -> torch.Tensor | dict[int, torch.Tensor]:
+    """Difference of means ``mean(positive) − mean(negative)`` at a scale.
+
+    Each text is mean-pooled over its tokens except BOS/special/padding, averaged over the scale's layers
+    (``per_layer=True``: one vector per layer, as ``{layer: [d]}`` for :class:`Translate`). Not normalised:
+    use it as Δ directly, or with ``relative=True`` for a norm-relative strength.
+    """
+    if isinstance(positive, str) or isinstance(negative, str):
+        raise ConfigError("positive and negative must be lists of texts, not single strings")
+    pos = _pooled(model, positive, scale, scales, pooling="mean", per_layer=per_layer, site=site, batch_size=batch_size)
+    neg = _pooled(model, negative, scale, scales, pooling="mean", per_layer=per_layer, site=site, batch_size=batch_size)
+    out = {k: (pos[k].mean(0) - neg[k].mean(0)).float() for k in pos}
+    for k, v in out.items():
+        if float(v.norm()) == 0.0:
+            raise ConfigError(f"contrastive direction at scale {scale!r}{'' if k is None else f' layer {k}'} is zero: "
+                              "the two text sets give identical mean activations")
+    return out[None] if not per_layer else out
+
+
+def principal_direction(model: Any, texts: Sequence[str], scale: str, *, scales: Any = None, per_layer: bool = False,
+                        site: str = "resid_post", batch_size: int = 8) -> torch.Tensor | dict[int, torch.Tensor]:
+    """Unit top principal direction of the scale's token activations (BOS/special/padding excluded).
+
+    The sign is fixed so the mean activation projects positively (or, if it is orthogonal, so the largest
+    coordinate is positive).
+    """
+    if isinstance(texts, str):
+        raise ConfigError("texts must be a list of texts, not a single string")
+    acts = _pooled(model, texts, scale, scales, pooling="token", per_layer=per_layer, site=site, batch_size=batch_size)
+    out = {}
+    for k, X in acts.items():
+        if X.shape[0] < 2:
+            raise ConfigError(f"principal_direction needs >= 2 content tokens, got {X.shape[0]}")
+        mu = X.mean(0)
+        Xc = X - mu
+        _, evecs = torch.linalg.eigh(Xc.T @ Xc)
+        v = evecs[:, -1]
+        proj = float(mu @ v)
+        if proj < 0 or (abs(proj) < 1e-12 * float(mu.norm() + 1) and float(v[v.abs().argmax()]) < 0):
+            v = -v
+        out[k] = (v / v.norm()).float()
+    return out[None] if not per_layer else out
+
+
+def _map_model_id(fitted: Any) -> str | None:
+    for obj in (fitted, getattr(fitted, "map", None)):
+        if obj is None:
+            continue
+        meta = getattr(obj, "meta", None) or getattr(obj, "provenance", None)
+        if isinstance(meta, Mapping) and meta.get("model_id"):
+            return str(meta["model_id"])
+        if isinstance(getattr(obj, "model_id", None), str):
+            return obj.model_id
+    return None
+
+
+def _linear_part(fitted: Any) -> torch.Tensor:
+    """The ``[d_in, d_out]`` linear part of a fitted map (``s·W``; bias and any non-linear residual dropped)."""
+    if isinstance(fitted, torch.Tensor):
+        return fitted.detach().double()
+    if hasattr(fitted, "map") and not hasattr(fitted, "W"):  # FitOutput
+        fitted = fitted.map
+    lin = getattr(fitted, "linear", None)
+    if isinstance(lin, torch.Tensor):
+        return lin.detach().double()
+    W = getattr(fitted, "weight", None)
+    if not isinstance(W, torch.Tensor):
+        W = getattr(fitted, "W", None)
+    if not isinstance(W, torch.Tensor):
+        raise ConfigError(f"cannot transfer through a {type(fitted).__name__}: expected a tensor W [d_in, d_out], an object "
+                          "with .W / .weight / .linear, or one with .transfer_direction(direction)")
+    s = getattr(fitted, "scale", 1.0)
+    s = float(s.detach()) if isinstance(s, torch.Tensor) else float(s) if _is_num(s) else 1.0
+    return s * W.detach().double()
+
+
+def transfer_direction(direction: torch.Tensor, fitted_map: Any, *, model: Any = None, src: str | None = None,
+                       dst: str | None = None) -> torch.Tensor:
+    """Carry a direction across scales through a fitted map: ``v ↦ v·(s·W)``.
+
+    With an :class:`~msma_lens.alignment.AlignmentResult`, name the scales: ``src="global", dst="local"``
+    follows the chain of fitted maps (f_GI then f_IL) in raw residual units.
+
+    ``fitted_map`` may define ``transfer_direction(v)`` (used as is), or expose its linear part: a tensor
+    ``W [d_in, d_out]``, ``.linear`` (``ProcrustesFit``), ``.weight``/``.W`` with an optional scalar ``.scale``
+    (``CrossScaleMap``; a ``FitOutput``'s ``.map``). Only the linear part is used: a direction is a difference
+    of two points, so the bias cancels; a non-linear residual term of the map is ignored. The map maps source →
+    target activations, e.g. a map fitted global → intermediate carries a global edit to the intermediate
+    scale. With ``model=``, a map whose ``meta``/``model_id`` names another model raises ArtifactError.
+    """
+    v = _vector(direction, "direction")
+    if model is not None:
+        mid, mine = _map_model_id(fitted_map), _tl.provenance(model)["model_id"]
+        if mid is not None and mid != mine:
+            raise ArtifactError(f"the map was fitted on model {mid!r}, but the direction is for {mine!r}")
+    from .alignment import AlignmentResult
+
+    if isinstance(fitted_map, AlignmentResult):
+        if src is None or dst is None:
+            raise ConfigError(f"transfer through an AlignmentResult needs src= and dst= scale names; fitted maps: {list(fitted_map.maps)}")
+        return _vector(fitted_map.transfer_direction(v, src, dst).float(), "transferred direction")
+    if hasattr(fitted_map, "transfer_direction"):
+        out = fitted_map.transfer_direction(v)
+        return _vector(out, "transferred direction")
+    W = _linear_part(fitted_map)
+    if W.ndim != 2:
+        raise ConfigError(f"map weight must be 2-d [d_in, d_out], got shape {tuple(W.shape)}")
+    if v.shape[-1] != W.shape[0]:
+        raise ConfigError(f"direction has width {v.shape[-1]}, but the map expects d_in={W.shape[0]} (maps {W.shape[0]} -> {W.shape[1]})")
+    return _vector((v.double() @ W).float(), "transferred direction")
+
+
+def random_direction(like: torch.Tensor | int, *, seed: int = 0, norm: float | None = None) -> torch.Tensor:
+    """A seeded random direction: the norm-matched control for a real direction.
+
+    ``like`` a tensor ``[d]`` / ``[B, d]`` (the result has the same shape and per-row norms) or a width ``d``
+    (unit norm unless ``norm`` is given).
+    """
+    if norm is not None and not (_is_num(norm) and math.isfinite(norm) and norm > 0):
+        raise ConfigError(f"norm must be a positive finite number, got {norm!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    if isinstance(like, int) and not isinstance(like, bool):
+        if like < 1:
+            raise ConfigError(f"random_direction width must be >= 1, got {like}")
+        v = torch.randn(like, generator=g, dtype=torch.float64)
+        target = torch.tensor(1.0 if norm is None else float(norm), dtype=torch.float64)
+    else:
+        ref = _vector(like, "like")
+        v = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+        target = ref.double().norm(dim=-1, keepdim=True) if norm is None else torch.tensor(float(norm), dtype=torch.float64)
+    return (v / v.norm(dim=-1, keepdim=True) * target).float()

