@@ -280,7 +280,7 @@ DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
     "attention": (0.5, 2.0),       # temperature via hook_q
 }
 DEFAULT_METRICS = ("ttr", "distinct_2", "sentence_count", "mean_sentence_length", "max_dependency_depth", "coherence",
-                   "sentiment_consistency")
+                   "sentiment_consistency", "repetition_rate", "compression_ratio", "perplexity")
 EFFECTS = {"hedges_g": stats.hedges_g, "cohens_d": stats.cohens_d}
 TESTS = {"paired": stats.paired_t_test, "welch": stats.welch_t_test}
 
