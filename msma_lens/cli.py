@@ -214,7 +214,7 @@ def _steer_and_report(lens, args, out: Path) -> None:
     print(text)
 
 
-_MAIN_STRENGTHS = {"translate": (0.5,), "scale": (1.25,), "noise": (0.25,), "attention": (2.0,)}
+_MAIN_STRENGTHS = {"translate": (0.1,), "scale": (1.1,), "noise": (0.1,), "attention": (2.0,)}  # per layer: edits compound over a scale
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
