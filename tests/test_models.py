@@ -118,3 +118,18 @@ def test_local_directory_model(tmp_path):
     toks = _tl.to_tokens(model, ["Birds sing."])[0]
     with torch.no_grad():
         torch.testing.assert_close(model(toks), hf(toks).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_tl.tl_major() < 3, reason="MiniLM loads through TransformerBridge (TL >= 3)")
+def test_minilm_capture_batched_equals_single_and_no_generation():
+    import msma_lens as ml
+
+    lens = ml.MSMA(load_model("minilm-l6"))
+    texts = ["A short sentence about rain.", "Another, slightly longer sentence about the market and prices."]
+    a = lens.capture(texts, pooling="mean", batch_size=2, progress=False)
+    b = lens.capture(texts, pooling="mean", batch_size=1, progress=False)
+    for s in a.scale_names:
+        torch.testing.assert_close(a[s], b[s], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="is an encoder .* cannot generate"):
+        lens.generate(["hi"], max_new_tokens=3, do_sample=False)
