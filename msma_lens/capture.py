@@ -82,7 +82,8 @@ def capture(
     mean per document) or ``last`` (last content token). layer_agg: ``mean`` of the scale's layers, ``first``,
     ``last``, or an absolute layer index (per scale via a dict). Texts longer than ``max_length`` (default:
     the model's context) are truncated with a warning, or rejected with ``on_overflow="error"``.
-    ``shard_dir`` streams each batch to disk and resumes an interrupted run.
+    ``shard_dir`` streams each batch to disk (only one batch is held in memory during the forward passes) and
+    resumes an interrupted run; the shards are read back once at the end.
     """
     _tl.check_model(model)
     texts = check_texts(texts)
@@ -137,7 +138,6 @@ def capture(
     with torch.no_grad():
         for b in it:
             if shards is not None and shards.done(b):
-                parts.append(shards.read(b))
                 continue
             idx = batches[b]
             toks, mask, content = _tl.to_tokens(model, [texts[i] for i in idx], prepend_bos=prepend_bos,
@@ -147,12 +147,13 @@ def capture(
                                        stop_at_layer=stop if stop < _tl.n_layers(model) else None)
             part = _pool_batch(cache, names, plan, content, mask.cpu(), idx, pooling)
             if shards is not None:
-                shards.write(b, part)
-            parts.append(part)
-    out = _assemble(parts, list(scales.names), meta)
+                shards.write(b, part)  # memory stays bounded by one batch until the final assembly
+            else:
+                parts.append(part)
     if shards is not None:
+        parts = [shards.read(b) for b in range(len(batches))]
         shards.finish()
-    return out
+    return _assemble(parts, list(scales.names), meta)
 
 
 def _pool_batch(cache: dict[str, torch.Tensor], names: dict[int, str], plan: dict[str, list[int]],

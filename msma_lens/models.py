@@ -267,7 +267,9 @@ def _load_local(path: str, backend: str) -> Any:
             if p.suffix == ".gguf":
                 tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
                 hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
-                local = tempfile.mkdtemp(prefix="msma-gguf-")
+                # the bridge reads the architecture from a config directory: one per GGUF file, in the cache
+                key = hashlib.sha256(f"{p.resolve()}:{p.stat().st_size}".encode()).hexdigest()[:16]
+                local = str(cache_dir() / "gguf-configs" / key)
                 cfg = hf.config.to_dict()
                 cfg.pop("quantization_config", None)
                 write_json_atomic(Path(local) / "config.json", cfg)

@@ -133,3 +133,12 @@ def test_minilm_capture_batched_equals_single_and_no_generation():
         torch.testing.assert_close(a[s], b[s], atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="is an encoder .* cannot generate"):
         lens.generate(["hi"], max_new_tokens=3, do_sample=False)
+
+
+@pytest.mark.slow
+def test_gguf_path_loads(smollm2):
+    gguf = models_mod._package_dir("smollm2-135m") / models_mod._SMOLLM_GGUF
+    m = load_model(str(gguf))
+    assert m.cfg.n_layers == 30 and m.msma_model_id == str(gguf)
+    toks = _tl.to_tokens(m, ["The capital of France is"])[0]
+    torch.testing.assert_close(m(toks), smollm2(toks))
