@@ -1,4 +1,4 @@
-"""Command line: ``msma-lens models | capture | run`` (``--help`` on each)."""
+"""Command line: ``msma-lens models | capture | fit | steer | run`` (``--help`` on each)."""
 
 from __future__ import annotations
 
