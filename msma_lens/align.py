@@ -5,7 +5,7 @@ orthonormal columns) or an isometric embedding (``dx < dy``, orthonormal rows). 
 mapping between two different models. Everything is computed in float64 from one SVD of ``X_cᵀ Y_c``:
 
 * ``W = U Vᵀ`` with ``U Σ Vᵀ = SVD(X_cᵀ Y_c)`` (centred data when ``bias=True``);
-* ``s = Σσ_i / ‖X_c‖²_F`` (``1`` when ``scale=False``);
+* ``s = Σσ_i / ‖X_c W‖²_F`` (``= Σσ_i / ‖X_c‖²_F`` unless projecting; ``1`` when ``scale=False``);
 * ``b = ȳ − s·x̄ W`` (``0`` when ``bias=False``).
 
 Exactness: the square and the embedding case are exact (``‖X W‖ = ‖X‖`` for every feasible W). The projection
@@ -154,10 +154,13 @@ def procrustes(
             W = W - 2.0 * torch.outer(U[:, -1], Vh[-1])
             trace -= 2.0 * float(sig[-1])
             det_sign = int(torch.linalg.slogdet(W)[0])
-    s = trace / x_ss if scale else 1.0
-
     # ‖s X_c W − Y_c‖² = s²‖X_c W‖² − 2 s tr(Wᵀ M) + ‖Y_c‖²; ‖X_c W‖ = ‖X_c‖ unless projecting (or whitened).
     xw_ss = x_ss if (dx <= dy and whitener is None) else float((Xc @ W).square().sum())
+    if xw_ss == 0.0:
+        raise NumericsError("X W has zero variance: the projection discards every direction in which X varies")
+    # optimal s given W is tr(Wᵀ M) / ‖X_c W‖² (Gower's Σσ_i / ‖X_c‖² when ‖X_c W‖ = ‖X_c‖)
+    s = trace / xw_ss if scale else 1.0
+
     y_ss = y_var if bias else float((Yc * Yc).sum())
     rss = max(s * s * xw_ss - 2.0 * s * trace + y_ss, 0.0)
     b = y_mean - s * (x_mean @ whitener @ W if whitener is not None else x_mean @ W) if bias else torch.zeros_like(y_mean)

@@ -367,7 +367,8 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
                       if n in ("kl_diag", "kl_full")},
             "n_test": int(Xt.shape[0]),
             "n_train": int(d.X["train"].shape[0]),
-            "n_massive_excluded": int(massive_rows(acts, (a, b), cfg.outlier_factor).sum()),
+            # the rows _prepare dropped: flagged in any scale of any configured pair (all splits)
+            "n_massive_excluded": int(massive_rows(acts, {x for p in cfg.pairs for x in p}, cfg.outlier_factor).sum()),
             "best_step": out.best_step,
             # held-out neural MI bound of the jointly trained critic at the best step (nats; NaN if λ_info = 0)
             "mi_heldout": next((float(h["val_info"]) for h in out.history if h["step"] == out.best_step), float("nan")),

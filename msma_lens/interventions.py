@@ -469,8 +469,11 @@ class GaussianNoise(Intervention):
         need = int(ctx.abs_pos.max()) + 1
         buf = st["buf"]
         if need > buf.shape[1]:
+            # one draw of [d] per position: torch.randn(n, d) is not the concatenation of n draws of [d] when
+            # d % 16 != 0 (CPU normal_ fills in blocks of 16), which would tie the noise to how many positions
+            # a pass happened to need (batched vs one-by-one prompts)
             n = need - buf.shape[1]
-            new = torch.stack([torch.randn(n, d, generator=g) for g in st["gens"]])
+            new = torch.stack([torch.stack([torch.randn(d, generator=g) for _ in range(n)]) for g in st["gens"]])
             st["buf"] = buf = torch.cat([buf, new], dim=1)
         idx = ctx.abs_pos.clamp(min=0).cpu()
         return buf[torch.arange(B)[:, None], idx]
@@ -991,13 +994,15 @@ def principal_direction(model: Any, texts: Sequence[str], scale: str, *, scales:
     out = {}
     for k, X in acts.items():
         if X.shape[0] < 2:
-            raise ConfigError(f"principal_direction needs >= 2 content tokens, got {X.shape[0]}")
+            where = f"scale {scale!r}" + ("" if k is None else f" layer {k}")
+            raise ConfigError(f"principal_direction needs >= 2 content tokens at {where}, got {X.shape[0]}")
         mu = X.mean(0)
         Xc = X - mu
         _, evecs = torch.linalg.eigh(Xc.T @ Xc)
         v = evecs[:, -1]
         proj = float(mu @ v)
-        if proj < 0 or (abs(proj) < 1e-12 * float(mu.norm() + 1) and float(v[v.abs().argmax()]) < 0):
+        orthogonal = abs(proj) < 1e-12 * float(mu.norm() + 1)
+        if (proj < 0 and not orthogonal) or (orthogonal and float(v[v.abs().argmax()]) < 0):
             v = -v
         out[k] = (v / v.norm()).float()
     return out[None] if not per_layer else out

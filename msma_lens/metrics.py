@@ -560,12 +560,15 @@ def mi_neural(
     test_fraction: float = 0.2,
     test_mask: torch.Tensor | None = None,
     seed: int = 0,
+    val_fraction: float = 0.2,
     **kw,
 ) -> float:
     """Held-out neural MI bound (MINE / InfoNCE / SMILE…) from :func:`msma_lens.mi.estimate_mi`, in nats.
 
     Rows are split at random (``seed``) into train and test (``test_fraction``) unless ``test_mask`` (bool [n],
-    True = held out) gives the split, e.g. by document. ``kw`` go to ``estimate_mi`` (steps, batch_size…).
+    True = held out) gives the split, e.g. by document. A random ``val_fraction`` of the non-test rows is set
+    aside for early stopping, so the test rows are read only once (``val_fraction=0``: select on the test rows,
+    slightly optimistic). ``kw`` go to ``estimate_mi`` (steps, batch_size…).
     """
     from .mi import estimate_mi  # lazy: the critic machinery is only needed here
 
@@ -582,10 +585,18 @@ def mi_neural(
         test = torch.as_tensor(test_mask, dtype=torch.bool).cpu().reshape(-1)
         if test.numel() != n:
             raise ConfigError(f"test_mask has {test.numel()} entries, X and Y have {n} rows")
-    test = test.to(X.device)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rest = (~test).nonzero().flatten()
+    n_val = int(round(val_fraction * rest.numel()))
+    val = torch.zeros(n, dtype=torch.bool)
+    val[rest[torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed + 1))[:n_val]]] = True
+    train = ~test & ~val
+    test, val, train = test.to(X.device), val.to(X.device), train.to(X.device)
     kw.setdefault("device", X.device)
-    res = estimate_mi(X[~test], Y[~test], X[test], Y[test], estimator=estimator, seed=seed, **kw)
-    return float(getattr(res, "estimate", res))
+    if n_val:
+        kw.update(x_val=X[val], y_val=Y[val])
+    return float(estimate_mi(X[train], Y[train], X[test], Y[test], estimator=estimator, seed=seed, **kw).estimate)
 
 
 # ----- the MSMA authors' definitions (papers.md §A.6) --------------------------------------------------------

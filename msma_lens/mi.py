@@ -274,8 +274,10 @@ def heldout_mi(
 class MIEstimate:
     """Result of :func:`estimate_mi`. ``estimate`` is the held-out bound at ``best_step`` (nats).
 
-    ``estimate`` is selected as the best of ``len(eval_steps)`` held-out evaluations on the same held-out set,
-    so it carries a small optimistic selection bias (of the order of the held-out noise).
+    Without a validation split, ``estimate`` is the best of ``len(eval_steps)`` evaluations on the held-out set
+    itself, so it carries a small optimistic selection bias (of the order of the held-out noise). With
+    ``x_val``/``y_val`` the step is selected on validation (``heldout_curve``) and ``estimate`` is the selected
+    critic's bound on the untouched test set (``selected_on_val=True``).
     """
 
     estimate: float
@@ -288,6 +290,7 @@ class MIEstimate:
     heldout_curve: list[float]
     critic: nn.Module = field(repr=False)
     log_batch_cap: float = math.inf
+    selected_on_val: bool = False
 
 
 def _resolve_device(device) -> torch.device:
@@ -320,24 +323,37 @@ def estimate_mi(
     embed: int = 64,
     alpha: float = 0.01,
     tau: float = 5.0,
+    x_val=None,
+    y_val=None,
 ) -> MIEstimate:
     """Train a critic on (x_train, y_train) with ``estimator``'s objective; report the held-out bound.
 
     Minibatches of ``min(batch_size, n_train)`` are drawn without replacement from a seeded generator; every
     ``eval_every`` steps the bound is evaluated on held-out batches of ``min(eval_batch_size, n_test)``. With
     ``early_stopping`` training stops after ``patience`` evaluations without improvement and the best critic is
-    kept. Deterministic under ``seed`` on CPU. Needs at least :data:`MIN_MI_SAMPLES` samples per split.
+    kept. With ``x_val``/``y_val`` (a third split, e.g. other documents) early stopping and the choice of the
+    best step use the validation split and the test split is only read once, at the end (no selection leak).
+    Deterministic under ``seed`` on CPU. Needs at least :data:`MIN_MI_SAMPLES` samples per split.
     """
     check_estimator(estimator)
+    if (x_val is None) != (y_val is None):
+        raise ConfigError("estimate_mi: pass both x_val and y_val, or neither")
+    use_val = x_val is not None
     xs = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    if use_val:
+        xs.update(x_val=x_val, y_val=y_val)
+    splits = ("train", "test", "val") if use_val else ("train", "test")
     t = {k: as_matrix(v, k) for k, v in xs.items()}
-    for a, b in (("x_train", "y_train"), ("x_test", "y_test")):
+    for sp in splits:
+        a, b = f"x_{sp}", f"y_{sp}"
         if t[a].shape[0] != t[b].shape[0]:
             raise ConfigError(f"{a} and {b} must have the same number of rows: {t[a].shape[0]} vs {t[b].shape[0]}")
-    for a, b in (("x_train", "x_test"), ("y_train", "y_test")):
-        if t[a].shape[1] != t[b].shape[1]:
-            raise ConfigError(f"{b} has width {t[b].shape[1]} but {a} has width {t[a].shape[1]}")
-    for split in ("train", "test"):
+    for sp in splits[1:]:
+        for v in ("x", "y"):
+            a, b = f"{v}_train", f"{v}_{sp}"
+            if t[a].shape[1] != t[b].shape[1]:
+                raise ConfigError(f"{b} has width {t[b].shape[1]} but {a} has width {t[a].shape[1]}")
+    for split in splits:
         n = t[f"x_{split}"].shape[0]
         if n < MIN_MI_SAMPLES:
             raise ConfigError(f"estimate_mi needs at least {MIN_MI_SAMPLES} {split} samples, got {n}")
@@ -352,16 +368,19 @@ def estimate_mi(
 
     dev = _resolve_device(device)
     xtr, ytr, xte, yte = (t[k].to(device=dev, dtype=torch.float32) for k in ("x_train", "y_train", "x_test", "y_test"))
-    n_tr, n_te = xtr.shape[0], xte.shape[0]
+    # selection split: validation when given, else the test split itself (documented selection bias)
+    xse, yse = (t["x_val"].to(device=dev, dtype=torch.float32), t["y_val"].to(device=dev, dtype=torch.float32)) if use_val else (xte, yte)
+    n_tr, n_te, n_se = xtr.shape[0], xte.shape[0], xse.shape[0]
     B = min(int(batch_size), n_tr)
     Be = min(int(eval_batch_size), n_te)
+    Bs = min(int(eval_batch_size), n_se)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = make_critic(critic, xtr.shape[1], ytr.shape[1], hidden, embed)
     net = net.to(dev)
     gen = torch.Generator().manual_seed(seed)
-    eval_perm = torch.randperm(n_te, generator=torch.Generator().manual_seed(seed + 1))
+    eval_perm = torch.randperm(n_se, generator=torch.Generator().manual_seed(seed + 1))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     obj = make_objective(estimator, alpha=alpha, tau=tau)
 
@@ -379,7 +398,7 @@ def estimate_mi(
         train_curve.append(float(val.detach()))
         if step % eval_every == 0 or step == steps:
             net.eval()
-            h = heldout_mi(net, xte, yte, estimator, batch_size=Be, perm=eval_perm, tau=tau)
+            h = heldout_mi(net, xse, yse, estimator, batch_size=Bs, perm=eval_perm, tau=tau)
             net.train()
             eval_steps.append(step)
             heldout.append(h)
@@ -394,8 +413,13 @@ def estimate_mi(
         estimate = best
     else:
         estimate, best_step = heldout[-1], eval_steps[-1]
+    if use_val:  # one read of the test split, with the critic chosen on validation
+        net.eval()
+        test_perm = torch.randperm(n_te, generator=torch.Generator().manual_seed(seed + 2))
+        estimate = heldout_mi(net, xte, yte, estimator, batch_size=Be, perm=test_perm, tau=tau)
+        net.train()
     return MIEstimate(
         estimate=float(estimate), estimator=estimator, best_step=best_step, steps_run=step, eval_batch_size=Be,
         train_curve=train_curve, eval_steps=eval_steps, heldout_curve=heldout, critic=net,
-        log_batch_cap=math.log(Be) if estimator == "infonce" else math.inf,
+        log_batch_cap=math.log(Be) if estimator == "infonce" else math.inf, selected_on_val=use_val,
     )

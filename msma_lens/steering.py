@@ -306,15 +306,15 @@ def _user_factory(fn: Factory) -> Callable[..., Any]:
     return lambda scale, strength, seed, rows: fn(scale, strength, seed)
 
 
-def _directions(direction: Any, sc: Scales, d: int, seed: int) -> dict[str, torch.Tensor]:
-    if direction is None:
-        return {s: random_direction(d, seed=_mix(seed, i)) for i, s in enumerate(sc.names)}
+def _directions(direction: Any, sc: Scales, used: Sequence[str], d: int, seed: int) -> dict[str, torch.Tensor]:
+    if direction is None:  # seeded per scale index, so a scale's direction does not depend on use_scales
+        return {s: random_direction(d, seed=_mix(seed, i)) for i, s in enumerate(sc.names) if s in used}
     if isinstance(direction, Mapping):
-        missing = [s for s in sc.names if s not in direction]
+        missing = [s for s in used if s not in direction]
         if missing:
             raise ConfigError(f"direction mapping has no vector for scale(s) {missing}")
-        return dict(direction)
-    return {s: direction for s in sc.names}
+        return {s: direction[s] for s in used}
+    return {s: direction for s in used}
 
 
 @dataclass
@@ -374,7 +374,9 @@ class ExperimentResult:
             raise ArtifactError(f"{p}: cannot read experiment results ({e})") from e
         if d.get("format") != "msma_lens.ExperimentResult":
             raise ArtifactError(f"{p}: not an msma-lens experiment result (format {d.get('format')!r})")
-        return cls(d["table"], d["samples"], d["config"])
+        # NaN was written as null: restore it so format() and the figures work on loaded results
+        table = [{k: (float("nan") if v is None and k in _FLOAT_COLUMNS else v) for k, v in r.items()} for r in d["table"]]
+        return cls(table, d["samples"], d["config"])
 
     def figure_sweep(self, metrics: Sequence[str] | None = None, value: str = "effect"):
         """Strength sweeps: one panel per (metric row, intervention column), one line per scale."""
@@ -433,6 +435,10 @@ class ExperimentResult:
         return fig
 
 
+_FLOAT_COLUMNS = frozenset({"baseline_mean", "steered_mean", "pct_change", "effect", "effect_ci_lo", "effect_ci_hi", "p_value",
+                            "p_holm"})
+
+
 def _nz(v: float) -> float:
     return v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
 
@@ -485,8 +491,11 @@ def _compare(steered: list[float], base: list[float], effect: str, test: str, n_
         return {**out, "pct_change": nan, "effect": nan, "effect_ci_lo": nan, "effect_ci_hi": nan, "p_value": nan}
     fn = EFFECTS[effect]
     lo, hi = stats.bootstrap_ci(fn, a, b, n_boot=n_boot, paired=(test == "paired"), seed=boot_seed) if n_boot else (nan, nan)
+    p = TESTS[test](a, b)
+    if np.array_equal(a, b):  # no change at all: no evidence against the null, and the test still counts in Holm's m
+        p = 1.0
     return {**out, "pct_change": stats.percent_change(a, b), "effect": fn(a, b), "effect_ci_lo": lo, "effect_ci_hi": hi,
-            "p_value": TESTS[test](a, b)}
+            "p_value": p}
 
 
 def run_experiment(
@@ -551,8 +560,6 @@ def run_experiment(
     seeds = [_check_int(s, "seed", 0) for s in seeds]
     if not seeds:
         raise ConfigError("seeds is empty")
-    dirs = _directions(direction, sc, _tl.d_model(model), direction_seed) if (
-        isinstance(interventions, Mapping) or "translate" in interventions) else {}
     if isinstance(interventions, Mapping):
         factories = {k: _user_factory(f) for k, f in interventions.items()}
     else:
@@ -560,6 +567,7 @@ def run_experiment(
         bad = [k for k in kinds if k not in INTERVENTION_KINDS]
         if bad or not kinds:
             raise ConfigError(f"unknown intervention kind(s) {bad}; valid: {list(INTERVENTION_KINDS)} (or pass {{name: factory}})")
+        dirs = _directions(direction, sc, scale_names, _tl.d_model(model), direction_seed) if "translate" in kinds else {}
         factories = {k: _builtin_factory(k, dirs) for k in kinds}
     grid_strengths = {}
     for k in factories:

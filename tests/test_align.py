@@ -147,3 +147,18 @@ def test_errors():
         procrustes(torch.ones(10, 4), X)
     with pytest.raises(ConfigError, match="expects source width 4, got 3"):
         procrustes(X, X).apply(torch.randn(2, 3))
+
+
+def test_projection_scale_is_optimal_for_its_w():
+    """dx > dy: ‖X_c W‖ < ‖X_c‖, so Gower's Σσ/‖X_c‖² is not the optimal scale; s must be tr(WᵀM)/‖X_c W‖²."""
+    g = torch.Generator().manual_seed(6)
+    X = _anisotropic(500, 24, g)
+    Y = 2.0 * X[:, :6] + 0.1 * torch.randn(500, 6, generator=g, dtype=torch.float64)
+    fit = procrustes(X, Y)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    XW = Xc @ fit.W
+    assert fit.scale == pytest.approx(float((XW * Yc).sum() / XW.square().sum()), rel=1e-12)
+    direct = float((fit.apply(X) - Y).square().sum() / Yc.square().sum())
+    assert fit.residual == pytest.approx(direct, rel=1e-10)
+    for s in (0.9 * fit.scale, 1.1 * fit.scale):  # any other scale does worse
+        assert float((s * XW - Yc).square().sum() / Yc.square().sum()) > fit.residual

@@ -207,6 +207,42 @@ def test_noise_reproducible_and_batch_invariant(tiny_model):
     assert not torch.allclose(per_row[0], per_row[1])
 
 
+def test_noise_stream_independent_of_how_many_positions_a_pass_draws():
+    """A position's noise is the same whether a pass needs 5 positions at once or they come one at a time,
+    also for widths that are not a multiple of 16 (torch's CPU normal_ fills in blocks of 16)."""
+    from msma_lens.interventions import EditContext
+
+    def draw(chunks, d):
+        iv, st, out = GaussianNoise(None, 1.0, layers=[0], seed=[3, 4]), {}, []
+        start = 0
+        for n in chunks:
+            pos = torch.arange(start, start + n)[None].expand(2, -1)
+            out.append(iv.noise(EditContext(0, 0, None, pos, None, st), 2, d))
+            start += n
+        return torch.cat(out, dim=1)
+
+    for d in (40, 64, 8):
+        assert torch.equal(draw([5], d), draw([2, 1, 1, 1], d)), d
+        assert torch.equal(draw([5], d), draw([1] * 5, d)), d
+
+
+def test_scores_and_pattern_edits_keep_padding_masked(tiny_model):
+    toks, mask = _batch(tiny_model, TEXTS + ["Hi"], side="left")
+    pad_keys = ~mask.bool()  # [B, Tk]
+    real_q = mask.bool()
+    for mode in ("scores", "pattern"):
+        pats = []
+        with steer(tiny_model, AttentionEdit("global", 3.0, mode=mode), attention_mask=mask):
+            with tiny_model.hooks(fwd_hooks=[("blocks.3.attn.hook_pattern",
+                                              lambda x, hook, pats=pats: pats.append(x.detach().clone()))]):
+                tiny_model(toks, attention_mask=mask)
+        p = pats[0]  # [B, H, Tq, Tk]
+        for b in range(toks.shape[0]):
+            if pad_keys[b].any():
+                assert torch.all(p[b][:, real_q[b]][..., pad_keys[b]] == 0), (mode, b)  # pads stay masked
+        assert torch.allclose(p.sum(-1)[real_q[:, None].expand(-1, p.shape[1], -1)], torch.tensor(1.0), atol=1e-4)
+
+
 def test_phase_generated_leaves_prompt_untouched_in_model_generate(tiny_model):
     """steer() around a user's own model.generate: prompt activations identical, generated ones edited."""
     name = "blocks.3.hook_resid_post"
@@ -358,8 +394,9 @@ def test_contrastive_and_principal_directions(tiny_gpt2):
         contrastive_direction(tiny_gpt2, pos, pos, "global")
     p = principal_direction(tiny_gpt2, pos + neg, "global")
     assert p.shape == (64,) and abs(float(p.norm()) - 1) < 1e-5
-    with steer(tiny_gpt2, Translate("intermediate", per, relative=True)):
+    with steer(tiny_gpt2, Translate("intermediate", per, relative=True)) as rec:
         tiny_gpt2(_batch(tiny_gpt2, TEXTS[:1])[0])
+    assert rec.applied(0) and rec.layers(0) == [1, 2]
 
 
 class _FakeMap:

@@ -419,3 +419,24 @@ def test_bad_inputs():
         M.cca_paper(X[:99], X[:99])
     with pytest.raises(ConfigError, match=r"n_boot must be >= 10"):
         M.evaluate("cka_linear", X, X, n_boot=5)
+
+
+def test_kl_full_two_samples_match_split_half_floor():
+    n, d = 2000, 16
+    two = np.mean([M.kl_full(randn(n, d, 60 + 2 * s), randn(n, d, 61 + 2 * s)) for s in range(6)])
+    floor = M.kl_floor(randn(n, d, 70), kind="full", n_splits=6, seed=1)
+    assert floor == pytest.approx(two, rel=0.3)
+
+
+def test_mi_neural_is_held_out_and_validates_its_split():
+    d, rho = 2, math.sqrt(1.0 - math.exp(-1.0))  # true MI = 1 nat
+    X, Y = correlated_gaussians(3000, d, rho, 80)
+    kw = dict(steps=300, batch_size=256, lr=1e-3, hidden=64, embed=32, eval_every=25, patience=6)
+    v = M.mi_neural(X.float(), Y.float(), estimator="infonce", **kw)
+    assert v == pytest.approx(1.0, rel=0.2)
+    with pytest.raises(ConfigError, match="test_mask has 5 entries, X and Y have 3000 rows"):
+        M.mi_neural(X, Y, test_mask=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ConfigError, match=r"val_fraction must be in \[0, 1\)"):
+        M.mi_neural(X, Y, val_fraction=1.0)
+    with pytest.raises(ConfigError, match="unknown MI estimator 'kde'; valid estimators"):
+        M.mi_neural(X, Y, estimator="kde")

@@ -160,3 +160,24 @@ def test_errors(data):
         dv_bound(torch.zeros(1, 1))
     with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
         estimate_mi(x, y, xt, yt, steps=0)
+
+
+def test_validation_split_keeps_test_out_of_model_selection(data):
+    x, y, xt, yt = data
+    kw = dict(steps=60, batch_size=128, hidden=16, embed=8, eval_every=20, seed=0)
+    xv, yv, xte, yte = xt[:2048], yt[:2048], xt[2048:], yt[2048:]
+    r = estimate_mi(x, y, xte, yte, "infonce", x_val=xv, y_val=yv, **kw)
+    assert r.selected_on_val and r.best_step in r.eval_steps
+    ref = estimate_mi(x, y, xv, yv, "infonce", **kw)  # same training; selection split = validation
+    assert r.heldout_curve == ref.heldout_curve and r.best_step == ref.best_step
+    # the estimate is the selected critic read once on the test split, not the best validation value
+    assert r.estimate != max(r.heldout_curve)
+    with torch.no_grad():
+        from msma_lens.mi import heldout_mi
+
+        test_perm = torch.randperm(xte.shape[0], generator=torch.Generator().manual_seed(2))
+        assert r.estimate == heldout_mi(r.critic, xte, yte, "infonce", batch_size=1024, perm=test_perm)
+    with pytest.raises(ConfigError, match="both x_val and y_val"):
+        estimate_mi(x, y, xte, yte, x_val=xv)
+    with pytest.raises(ConfigError, match="y_val has width 3 but y_train has width 2"):
+        estimate_mi(x, y, xte, yte, x_val=xv, y_val=torch.randn(2048, 3))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from msma_lens import _tl
+from msma_lens import _tl, stats
 from msma_lens.errors import ConfigError
 from msma_lens.interventions import (
     AttentionEdit,
@@ -194,6 +194,24 @@ def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
         assert r["p_holm"] >= r["p_value"] or not math.isfinite(r["p_value"])
     moved = [r for r in res.table if r["metric"] == "compression_ratio" and r["effect"] != 0]
     assert moved  # some intervention changed some text
+    # Holm over the whole grid, recomputed independently (step-down, monotone, capped at 1)
+    ps = [r["p_value"] for r in res.table]
+    assert all(math.isfinite(p) for p in ps)
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    running, holm = 0.0, [0.0] * len(ps)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        holm[i] = running
+    assert [r["p_holm"] for r in res.table] == pytest.approx(holm)
+    # the table is computed from baseline/steered samples paired by (seed, prompt)
+    r = moved[0]
+    key = lambda x: (x["seed"], x["prompt_index"])  # noqa: E731
+    steer_s = sorted((x for x in res.samples if (x["scale"], x["intervention"], x["strength"]) == (r["scale"], r["intervention"], r["strength"])), key=key)
+    base_s = sorted((x for x in res.samples if x["intervention"] == "baseline"), key=key)
+    assert [key(x) for x in steer_s] == [key(x) for x in base_s]
+    a, b = [x[r["metric"]] for x in steer_s], [x[r["metric"]] for x in base_s]
+    assert r["effect"] == pytest.approx(stats.hedges_g(a, b)) and r["pct_change"] == pytest.approx(stats.percent_change(a, b))
+    assert r["p_value"] == pytest.approx(stats.paired_t_test(a, b))
     out = res.save(tmp_path / "exp", figures=True)
     loaded = ExperimentResult.load(out)
     assert len(loaded.table) == len(res.table) and loaded.config["metrics"] == metrics
@@ -203,12 +221,17 @@ def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
     assert len(res.figure_sweep(metrics=["word_count"]).data) > 0
 
 
-def test_run_experiment_custom_factory_and_bad_inputs(tiny_gpt2):
+def test_run_experiment_custom_factory_and_bad_inputs(tiny_gpt2, tmp_path):
     res = run_experiment(tiny_gpt2, PROMPTS[:2], interventions={"amp": lambda scale, s, seed: Scale(scale, s)},
                          strengths={"amp": [1.0]}, use_scales=["global"], metrics=["word_count"], max_new_tokens=4,
                          do_sample=False, seeds=[0], n_boot=0)
     (row,) = res.table
     assert row["intervention"] == "amp" and row["effect"] == 0.0 and row["pct_change"] == 0.0
+    assert row["p_value"] == 1.0 and row["p_holm"] == 1.0  # no change counts as a (null) test in Holm's m
+    assert math.isnan(row["effect_ci_lo"])  # n_boot=0
+    loaded = ExperimentResult.load(res.save(tmp_path / "amp"))
+    assert math.isnan(loaded.table[0]["effect_ci_lo"])  # null in JSON comes back as NaN
+    assert "amp" in loaded.format(max_rows=5) and len(loaded.figure_sweep().data) == 1
     for kw, match in [({"metrics": ["fluency"]}, r"unknown text metric\(s\) \['fluency'\]"),
                       ({"interventions": ["rotate"]}, r"unknown intervention kind\(s\) \['rotate'\]"),
                       ({"interventions": {"x": 3}}, "intervention factories must be callables"),

