@@ -178,3 +178,10 @@ def test_transfer_direction_through_alignment_result(fitted, tiny_gpt2):
         transfer_direction(v, fitted)
     with pytest.raises(ArtifactError, match="fitted on model 'synthetic', but the direction is for 'tiny-gpt2'"):
         transfer_direction(v, fitted, src="global", dst="local", model=tiny_gpt2)
+
+
+def test_lens_fit_refuses_activations_of_another_model(planted, tiny_gpt2):
+    from msma_lens import MSMA
+
+    with pytest.raises(ArtifactError, match="captured from model 'synthetic', but this lens uses 'tiny-gpt2'"):
+        MSMA(tiny_gpt2).fit(planted[0], _cfg())
