@@ -15,12 +15,12 @@ lens = ml.MSMA(model)
 pos = ["What a wonderful, happy day; everything went perfectly.", "I love this, it is brilliant and delightful."]
 neg = ["What a terrible, awful day; everything went wrong.", "I hate this, it is dreadful and miserable."]
 delta = ml.contrastive_direction(model, pos, neg, "global", scales=lens.scales)
-out = lens.generate(["The weather this morning"], [ml.Translate("global", delta, strength=4.0)],
+out = lens.generate(["The weather this morning"], [ml.Translate("global", delta, strength=0.25)],
                     phase="generated", max_new_tokens=24, do_sample=False)
 print(out.texts[0])
 
 # 2. the same edit through the context manager, composable with your own TransformerLens hooks
-with lens.steer(ml.Translate("global", delta, strength=4.0), phase="generated") as record:
+with lens.steer(ml.Translate("global", delta, strength=0.25), phase="generated") as record:
     print(model.generate("The weather this morning", max_new_tokens=24, do_sample=False, verbose=False))
 print(record.to_dict()["interventions"][0]["layers"])
 
