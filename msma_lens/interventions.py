@@ -982,17 +982,24 @@ def contrastive_direction(model: Any, positive: Sequence[str], negative: Sequenc
 
 
 def principal_direction(model: Any, texts: Sequence[str], scale: str, *, scales: Any = None, per_layer: bool = False,
-                        site: str = "resid_post", batch_size: int = 8) -> torch.Tensor | dict[int, torch.Tensor]:
+                        site: str = "resid_post", batch_size: int = 8,
+                        outlier_factor: float | None = 20.0) -> torch.Tensor | dict[int, torch.Tensor]:
     """Unit top principal direction of the scale's token activations (BOS/special/padding excluded).
 
-    The sign is fixed so the mean activation projects positively (or, if it is orthogonal, so the largest
-    coordinate is positive).
+    Massive-activation tokens (norm above ``outlier_factor`` × the median token norm; ``None`` keeps them)
+    are dropped first: a handful of them would otherwise be the top component. The sign is fixed so the mean
+    activation projects positively (or, if it is orthogonal, so the largest coordinate is positive).
     """
+    if outlier_factor is not None and not (_is_num(outlier_factor) and outlier_factor > 1):
+        raise ConfigError(f"outlier_factor must be None or > 1, got {outlier_factor!r}")
     if isinstance(texts, str):
         raise ConfigError("texts must be a list of texts, not a single string")
     acts = _pooled(model, texts, scale, scales, pooling="token", per_layer=per_layer, site=site, batch_size=batch_size)
     out = {}
     for k, X in acts.items():
+        if outlier_factor is not None and X.shape[0] > 0:
+            n = X.norm(dim=1)
+            X = X[n <= outlier_factor * n.median()]
         if X.shape[0] < 2:
             where = f"scale {scale!r}" + ("" if k is None else f" layer {k}")
             raise ConfigError(f"principal_direction needs >= 2 content tokens at {where}, got {X.shape[0]}")

@@ -456,3 +456,32 @@ def test_edits_follow_activation_dtype_bf16():
     with steer(m, *ivs):
         out = m(toks)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_principal_direction_is_the_top_pc_without_massive_tokens(tiny_gpt2):
+    from msma_lens.capture import capture
+
+    texts = ["The team won the match and the crowd cheered loudly.", "Birds sing at dawn in spring.",
+             "Prices rose again this week.", "Investors worried about the bank."]
+
+    def top_pc(X):
+        X = X.double()
+        v = torch.linalg.eigh((X - X.mean(0)).T @ (X - X.mean(0)))[1][:, -1]
+        return v.float()
+
+    def massive(x, hook):  # plant one attention-sink-like token: row 0, position 3
+        x = x.clone()
+        x[0, 3] *= 1000.0
+        return x
+
+    with tiny_gpt2.hooks(fwd_hooks=[("blocks.3.hook_resid_post", massive)]):
+        X = capture(tiny_gpt2, None, texts, pooling="token", batch_size=4, progress=False)["global"]
+        p = principal_direction(tiny_gpt2, texts, "global", batch_size=4)
+        raw = principal_direction(tiny_gpt2, texts, "global", batch_size=4, outlier_factor=None)
+    n = X.norm(dim=1)
+    assert (n > 20 * n.median()).sum() == 1  # exactly the planted token
+    clean = top_pc(X[n <= 20 * n.median()])
+    assert abs(float(torch.dot(p, clean))) > 0.999  # the top PC of the remaining tokens
+    assert abs(float(torch.dot(raw, top_pc(X)))) > 0.999 and abs(float(torch.dot(raw, p))) < 0.99
+    with pytest.raises(ConfigError, match="outlier_factor must be None or > 1"):
+        principal_direction(tiny_gpt2, texts, "global", outlier_factor=0.5)
