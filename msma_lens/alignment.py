@@ -23,7 +23,7 @@ import torch
 from . import metrics as M
 from .activations import ScaleActivations
 from .align import procrustes
-from .artifacts import load_artifact, save_artifact, write_json_atomic
+from .artifacts import load_artifact, save_artifact, write_csv_atomic, write_json_atomic, write_text_atomic
 from .errors import ArtifactError, ConfigError
 from .maps import CrossScaleMap, MapTrainConfig, fit_map
 from .scales import Scales
@@ -414,19 +414,9 @@ class AblationResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """``path/ablation.json`` (everything) and ``path/ablation.csv`` (the summary), written atomically."""
-        import csv
-        import io
-
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path / "ablation.json", dataclasses.asdict(self))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(self.summary[0]))
-        w.writeheader()
-        w.writerows(self.summary)
-        tmp = path / ".ablation.csv.tmp"
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path / "ablation.csv")
+        write_csv_atomic(path / "ablation.csv", self.summary)
         return path
 
     def figures(self) -> dict:
@@ -455,14 +445,9 @@ class AblationResult:
         return figs
 
     def write_html(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(self.figures().values())]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("<html><head><meta charset='utf-8'><title>msma-lens ablations</title></head><body>"
-                       + "".join(parts) + "</body></html>", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, "<html><head><meta charset='utf-8'><title>msma-lens ablations</title></head><body>"
+                                 + "".join(parts) + "</body></html>")
 
 
 def _nz(v: float) -> float:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import _tl
+from .artifacts import write_text_atomic
 from .errors import MSMAError
 
 
@@ -108,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     acts.save(out / "activations")
     stats = scale_statistics(acts)
     summary = format_summary(stats, acts.meta)
-    (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    write_text_atomic(out / "summary.txt", summary + "\n")
     from .artifacts import write_json_atomic
 
     write_json_atomic(out / "scale_stats.json", {"stats": stats, "meta": acts.meta})
@@ -142,14 +143,14 @@ def _fit_and_report(lens, acts, args, out: Path) -> None:
     cfg = _align_cfg(args)
     result = lens.fit(acts, cfg)
     result.save(out / "alignment")
-    (out / "alignment.txt").write_text(result.table() + "\n", encoding="utf-8")
+    write_text_atomic(out / "alignment.txt", result.table() + "\n")
     print(result.table())
     if args.seeds:
         seeds = tuple(int(x) for x in args.seeds.split(","))
         ab = lens.ablate(acts, cfg, seeds=seeds)
         ab.save(out / "ablation")
         ab.write_html(out / "ablation.html")
-        (out / "ablation.txt").write_text(ab.table() + "\n", encoding="utf-8")
+        write_text_atomic(out / "ablation.txt", ab.table() + "\n")
         print(ab.table())
 
 
@@ -209,7 +210,7 @@ def _steer_and_report(lens, args, out: Path) -> None:
                           use_scales=args.use_scales.split(",") if args.use_scales else None)
     res.save(out / "steering", figures=True)
     text = res.format()
-    (out / "steering.txt").write_text(text + "\n", encoding="utf-8")
+    write_text_atomic(out / "steering.txt", text + "\n")
     print(f"steering: {len(prompts)} prompts x {len(kinds)} interventions x scales {res.config.get('scales_used', '')}")
     print(text)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .activations import ScaleActivations
+from .artifacts import write_text_atomic
 
 
 def twonn_dimension(x: torch.Tensor, max_points: int = 2000, seed: int = 0) -> float:
@@ -67,12 +68,7 @@ def write_html(stats: dict[str, dict], path: str | os.PathLike, title: str = "ms
     fig.add_trace(go.Bar(x=names, y=[stats[s]["mean_cosine_to_centroid"] for s in names], name="cos to centroid"), 2, 2)
     fig.update_yaxes(type="log", row=1, col=2)
     fig.update_layout(title=title, height=800, barmode="group")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
 def format_summary(stats: dict[str, dict], meta: dict) -> str:

@@ -12,11 +12,8 @@ CIs, and Holm-corrected p-values across the whole grid; results save as JSON + C
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ import torch
 
 from . import _tl, stats
 from .activations import POOLINGS, ScaleActivations
-from .artifacts import write_json_atomic
+from .artifacts import write_csv_atomic, write_json_atomic, write_text_atomic
 from .errors import ArtifactError, ConfigError
 from .interventions import (
     AttentionEdit,
@@ -356,11 +353,11 @@ class ExperimentResult:
         write_json_atomic(out / "results.json", _json_safe({"format": "msma_lens.ExperimentResult", "format_version": 1,
                                                             "config": self.config, "table": self.table,
                                                             "samples": self.samples}))
-        _write_csv_atomic(out / "table.csv", self.table)
-        _write_csv_atomic(out / "samples.csv", self.samples)
+        write_csv_atomic(out / "table.csv", self.table)
+        write_csv_atomic(out / "samples.csv", self.samples)
         if figures:
-            _write_text_atomic(out / "sweep.html", self.figure_sweep().to_html(include_plotlyjs=True))
-            _write_text_atomic(out / "heatmap.html", self.figure_heatmap().to_html(include_plotlyjs=True))
+            write_text_atomic(out / "sweep.html", self.figure_sweep().to_html(include_plotlyjs=True))
+            write_text_atomic(out / "heatmap.html", self.figure_heatmap().to_html(include_plotlyjs=True))
         return out
 
     @classmethod
@@ -455,28 +452,6 @@ def _json_safe(o: Any) -> Any:
     if isinstance(o, (list, tuple)):
         return [_json_safe(v) for v in o]
     return o
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_csv_atomic(path: Path, rows: list[dict]) -> None:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
-    _write_text_atomic(path, buf.getvalue())
 
 
 def _compare(steered: list[float], base: list[float], effect: str, test: str, n_boot: int, boot_seed: int) -> dict:
