@@ -23,7 +23,7 @@ import torch
 from . import metrics as M
 from .activations import ScaleActivations
 from .align import procrustes
-from .artifacts import load_artifact, save_artifact, write_csv_atomic, write_json_atomic, write_text_atomic
+from .artifacts import load_artifact, restore_nan, save_artifact, write_csv_atomic, write_json_atomic, write_text_atomic
 from .errors import ArtifactError, ConfigError
 from .maps import CrossScaleMap, MapTrainConfig, fit_map
 from .scales import Scales
@@ -281,7 +281,8 @@ class AlignmentResult:
             norms = {s: (tensors[f"norms.{s}.mu"], float(sd)) for s, sd in cfg["norm_scales"].items()}
         except (KeyError, RuntimeError, TypeError, ConfigError) as e:
             raise ArtifactError(f"{path}: inconsistent AlignmentResult artifact ({e})") from e
-        out = cls(maps, norms, cfg["metrics"], cfg["history"], cfg["config"], cfg["provenance"])
+        # cfg.json stores NaN (e.g. "before" between different widths, mi_heldout with lambda_info = 0) as null
+        out = cls(maps, norms, restore_nan(cfg["metrics"]), restore_nan(cfg["history"]), cfg["config"], cfg["provenance"])
         out.check_matches(model_id, scales, what="loading")
         return out
 
@@ -336,20 +337,25 @@ def _variant_cfg(train: MapTrainConfig, variant: str, seed: int) -> MapTrainConf
     return dataclasses.replace(train, **changes)
 
 
-def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, checkpoint_dir: str | os.PathLike | None = None
-                  ) -> AlignmentResult:
-    """Fit the configured cross-scale maps (default f_GI and f_IL) and evaluate them on held-out documents."""
+def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, checkpoint_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> AlignmentResult:
+    """Fit the configured cross-scale maps (default f_GI and f_IL) and evaluate them on held-out documents.
+
+    ``progress``: tqdm bars on stderr over the maps and each map's training steps.
+    """
+    from tqdm.auto import tqdm
+
     cfg = cfg or AlignConfig()
     _check_pairs(acts, cfg.pairs)
     acts.check_finite()
     norms, data = _prepare(acts, cfg, cfg.seed)
     maps, mets, hist = {}, {}, {}
-    for (a, b), d in data.items():
+    for (a, b), d in tqdm(data.items(), desc="fit", unit="map", leave=False, disable=not progress):
         k = pair_key(a, b)
         train_cfg = _variant_cfg(cfg.train, "full", cfg.seed)
         if checkpoint_dir is not None:
             train_cfg = dataclasses.replace(train_cfg, checkpoint_dir=str(Path(checkpoint_dir) / k.replace("->", "_to_")))
-        out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], train_cfg)
+        out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], train_cfg, progress=progress, desc=k)
         f = out.map.cpu().eval()
         cf = out.closed_form or procrustes(d.X["train"], d.Y["train"])
         Xt, Yt = d.X["test"], d.Y["test"]
@@ -455,13 +461,16 @@ def _nz(v: float) -> float:
 
 
 def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, variants: tuple[str, ...] = VARIANTS,
-                  seeds: tuple[int, ...] = (0, 1, 2), level: float = 0.95) -> AblationResult:
+                  seeds: tuple[int, ...] = (0, 1, 2), level: float = 0.95, progress: bool = True) -> AblationResult:
     """Baseline / closed form / full / no-geometry / no-information / no-curvature over seeds, held-out metrics.
 
     Each seed draws its own document split and training seed; variants share the split of their seed, so
     comparisons with the baseline and the closed form are paired by seed (paired t-tests). Rows whose term is inert by theory carry
-    a note; equal numbers there are the expected null result, not a bug.
+    a note; equal numbers there are the expected null result, not a bug. ``progress``: tqdm bars on stderr over
+    the (seed, pair, variant) cells and each map's training steps.
     """
+    from tqdm.auto import tqdm
+
     cfg = cfg or AlignConfig()
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
@@ -471,6 +480,7 @@ def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, var
     _check_pairs(acts, cfg.pairs)
     acts.check_finite()
     rows, curves = [], {}
+    bar = tqdm(total=len(seeds) * len(cfg.pairs) * len(variants), desc="ablate", unit="fit", leave=False, disable=not progress)
     for seed in seeds:
         _, data = _prepare(acts, cfg, seed)
         for (a, b), d in data.items():
@@ -478,20 +488,24 @@ def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, var
             Xt, Yt = d.X["test"], d.Y["test"]
             cf = None
             for v in variants:
+                bar.set_postfix_str(f"seed {seed} {k} {v}", refresh=False)
                 if v == "baseline":
                     pred = Xt
                 elif v == "closed_form":
                     cf = cf or procrustes(d.X["train"], d.Y["train"])
                     pred = cf.apply(Xt)
                 else:
-                    out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], _variant_cfg(cfg.train, v, seed))
+                    out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], _variant_cfg(cfg.train, v, seed),
+                                  progress=progress, desc=f"{k} {v}")
                     with torch.no_grad():
                         pred = out.map.eval()(Xt)
                     curves[f"{k} {v} seed{seed}"] = [{"step": h["step"], "val_objective": h["val_objective"]} for h in out.history]
+                bar.update()
                 if pred.shape[1] != Yt.shape[1]:
                     continue  # baseline between different widths: no identity map
                 for name, val in _metric_values(cfg.map_metrics, pred, Yt).items():
                     rows.append({"seed": seed, "pair": k, "variant": v, "metric": name, "value": val})
+    bar.close()
     summary = []
     widths = {pair_key(a, b): (acts.width(a), acts.width(b)) for a, b in cfg.pairs}
     for k in [pair_key(a, b) for a, b in cfg.pairs]:

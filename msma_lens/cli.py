@@ -4,29 +4,103 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from . import _tl
 from .artifacts import write_text_atomic
-from .errors import MSMAError
+from .corpus import TEXT_SUFFIXES
+from .errors import ConfigError, MSMAError
+from .scales import Scales, preset_names
+from .steering import INTERVENTION_KINDS
 
 
-def _threads(n: int) -> None:
-    import torch
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line ``msma-lens: error: ...`` on stderr and exit status 2."""
 
-    torch.set_num_threads(n)
+    def error(self, message: str) -> NoReturn:
+        sub = self.prog.partition(" ")[2]
+        self.exit(2, f"msma-lens: error: {message} (see 'msma-lens{' ' + sub if sub else ''} --help')\n")
 
 
-def _parse_scales(spec: str | None):
-    """``None``/``default``, a preset name, or ``name=first-last,...`` (inclusive layer ranges)."""
-    from .scales import Scales
+def _bad(what: str, value: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
 
-    if spec is None or spec == "default":
+
+def _in(part: str, spec: str) -> str:
+    """``'part'`` or ``'part' in 'spec'`` for error messages about one item of a list."""
+    return repr(part) if part == spec else f"{part!r} in {spec!r}"
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``lo``."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise _bad(f"an integer >= {lo}", s) from None
+        if v < lo:
+            raise _bad(f"an integer >= {lo}", s)
+        return v
+
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+def _nonneg_float(s: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise _bad("a finite number >= 0", s) from None
+    if not (math.isfinite(v) and v >= 0):
+        raise _bad("a finite number >= 0", s)
+    return v
+
+
+def _int_list(allow_empty: bool) -> Callable[[str], tuple[int, ...]]:
+    """argparse type: distinct comma-separated integers >= 0 (``''`` → ``()`` when ``allow_empty``)."""
+
+    def parse(s: str) -> tuple[int, ...]:
+        what = "distinct comma-separated integers >= 0" + (" (or '' for none)" if allow_empty else "")
+        if not s.strip():
+            if allow_empty:
+                return ()
+            raise _bad(what, s)
+        try:
+            vals = tuple(int(x) for x in s.split(","))
+        except ValueError:
+            raise _bad(what, s) from None
+        if any(v < 0 for v in vals) or len(set(vals)) != len(vals):
+            raise _bad(what, s)
+        return vals
+
+    parse.__name__ = "int_list"
+    return parse
+
+
+def _names(s: str) -> tuple[str, ...]:
+    """argparse type: non-empty, distinct comma-separated names."""
+    names = tuple(x.strip() for x in s.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise _bad("distinct comma-separated names", s)
+    return names
+
+
+def _parse_scales(spec: str) -> Scales | str | None:
+    """``default`` (None), a preset name, or ``name=first-last,...`` (inclusive layer ranges)."""
+    if spec == "default":
         return None
     if "=" not in spec:
+        if spec not in preset_names():
+            raise argparse.ArgumentTypeError(f"unknown scale preset {spec!r}; valid: {['default', *preset_names()]} "
+                                             "or 'name=first-last,...'")
         return spec
     ranges = {}
     for part in spec.split(","):
@@ -34,9 +108,84 @@ def _parse_scales(spec: str | None):
         lo, _, hi = rng.partition("-")
         try:
             ranges[name.strip()] = (int(lo), int(hi or lo))
-        except ValueError as e:
-            raise SystemExit(f"error: cannot parse scale range {part!r} (expected name=first-last)") from e
-    return Scales.from_ranges(ranges)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot parse scale range {_in(part, spec)} (expected name=first-last)") from None
+    try:
+        return Scales.from_ranges(ranges)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(f"{e} (in {spec!r})") from None
+
+
+def _parse_pairs(spec: str) -> tuple[tuple[str, str], ...]:
+    """``source:target,...`` → ((source, target), ...)."""
+    pairs = []
+    for part in spec.split(","):
+        a, sep, b = (x.strip() for x in part.partition(":"))
+        if not (sep and a and b and ":" not in b) or a == b:
+            raise argparse.ArgumentTypeError(f"cannot parse pair {_in(part, spec)} (expected source:target,... with two different scales)")
+        pairs.append((a, b))
+    return tuple(pairs)
+
+
+def _parse_kinds(spec: str) -> tuple[str, ...]:
+    """Comma-separated intervention kinds."""
+    kinds = _names(spec)
+    bad = [k for k in kinds if k not in INTERVENTION_KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown intervention kind(s) {bad} in {spec!r}; valid: {list(INTERVENTION_KINDS)}")
+    return kinds
+
+
+def _parse_strengths(spec: str) -> dict[str, tuple[float, ...]]:
+    """``translate=1,2;scale=0.5,1.5`` → {"translate": (1.0, 2.0), "scale": (0.5, 1.5)}."""
+    out = {}
+    for part in spec.split(";"):
+        kind, _, vals = (x.strip() for x in part.partition("="))
+        if kind not in INTERVENTION_KINDS:
+            raise argparse.ArgumentTypeError(f"unknown intervention kind {kind!r} in {spec!r}; valid: {list(INTERVENTION_KINDS)}")
+        try:
+            out[kind] = tuple(float(v) for v in vals.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot parse strengths {_in(part, spec)} (expected kind=v1,v2;...)") from None
+        if not all(math.isfinite(v) for v in out[kind]):
+            raise argparse.ArgumentTypeError(f"non-finite strength in {part!r}")
+    return out
+
+
+def _text_source(s: str) -> str:
+    """argparse type: ``corpus`` or an existing .txt/.jsonl file."""
+    if s != "corpus":
+        if not Path(s).is_file():
+            raise argparse.ArgumentTypeError(f"'corpus' or a .txt/.jsonl file expected; no such file: {s!r}")
+        if Path(s).suffix.lower() not in TEXT_SUFFIXES:
+            raise argparse.ArgumentTypeError(f"unsupported file type {Path(s).suffix or '(none)'!r} of {s!r}; supported: {', '.join(TEXT_SUFFIXES)}")
+    return s
+
+
+def _artifact_dir(s: str) -> str:
+    if not Path(s).is_dir():
+        raise argparse.ArgumentTypeError(f"no such artifact directory: {s!r}")
+    return s
+
+
+def _device(s: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(s)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid device {s!r} (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {s!r}: CUDA is not available")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"device {s!r}: MPS is not available")
+    return s
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _texts(source: str, max_docs: int | None) -> tuple[list[str], str]:
@@ -54,12 +203,26 @@ def _texts(source: str, max_docs: int | None) -> tuple[list[str], str]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="offline name, HF id, local dir or .gguf (default: smollm2-135m)")
     p.add_argument("--backend", default="auto", choices=["auto", "bridge", "hooked"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--scales", default=None, help="'default', a preset (gpt2, bert, ...) or 'local=0-9,intermediate=10-19,...'")
-    p.add_argument("--texts", default="corpus", help="'corpus' (bundled) or a .txt/.jsonl file")
-    p.add_argument("--max-docs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on small shared CPUs)")
+    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--scales", type=_parse_scales, default=None,
+                   help="'default', a preset (gpt2, bert, ...) or 'local=0-9,intermediate=10-19,...'")
+    p.add_argument("--texts", type=_text_source, default="corpus", help="'corpus' (bundled) or a .txt/.jsonl file")
+    p.add_argument("--max-docs", type=_int_at_least(1), default=None)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=8)
+    p.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads (1 is fastest on small shared CPUs)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
+
+
+def _check_pairs(lens, cfg, args: argparse.Namespace) -> None:
+    option = "--pairs" if args.pairs else "--pairs (default 'global:intermediate,intermediate:local')"
+    _check_scale_names(lens, [s for pair in cfg.pairs for s in pair], option)
+
+
+def _check_scale_names(lens, names, option: str) -> None:
+    """ConfigError naming ``option`` if a scale in ``names`` is not one of the lens's scales (before any slow work)."""
+    bad = list(dict.fromkeys(n for n in names if n not in lens.scales))
+    if bad:
+        raise ConfigError(f"{option}: unknown scale(s) {bad}; the scales are {list(lens.scales.names)}")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -84,8 +247,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
     _threads(args.threads)
     texts, label = _texts(args.texts, args.max_docs)
     model = load_model(args.model, device=args.device, backend=args.backend)
-    lens = MSMA(model, _parse_scales(args.scales))
-    acts = lens.capture(texts, pooling=args.pooling, batch_size=args.batch_size, shard_dir=args.shard_dir)
+    lens = MSMA(model, args.scales)
+    acts = lens.capture(texts, pooling=args.pooling, batch_size=args.batch_size, shard_dir=args.shard_dir,
+                        progress=args.progress)
     path = acts.save(args.out)
     print(f"captured {len(acts)} rows x {len(acts.scale_names)} scales from {len(texts)} documents ({label}) -> {path}")
     return 0
@@ -98,14 +262,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import format_summary, scale_statistics, write_html
 
     _threads(args.threads)
+    cfg = None if args.skip_fit else _align_cfg(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     texts, label = _texts(args.texts, args.max_docs)
     model = load_model(args.model, device=args.device, backend=args.backend)
-    lens = MSMA(model, _parse_scales(args.scales))
+    lens = MSMA(model, args.scales)
+    if cfg is not None:
+        _check_pairs(lens, cfg, args)
+    if not args.skip_steer and args.use_scales:
+        _check_scale_names(lens, args.use_scales, "--use-scales")
     print(f"{lens!r}: {len(texts)} documents from the {label}")
-    acts = lens.capture(texts, pooling="token", batch_size=args.batch_size)
+    acts = lens.capture(texts, pooling="token", batch_size=args.batch_size, progress=args.progress)
     acts.save(out / "activations")
     stats = scale_statistics(acts)
     summary = format_summary(stats, acts.meta)
@@ -115,8 +284,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_json_atomic(out / "scale_stats.json", {"stats": stats, "meta": acts.meta})
     write_html(stats, out / "scales.html")
     print(summary)
-    if not args.skip_fit:
-        _fit_and_report(lens, acts, args, out)
+    if cfg is not None:
+        _fit_and_report(lens, acts, cfg, args, out)
     if not args.skip_steer:
         if _tl.is_encoder(model):
             print("steering skipped: encoder models do not generate")
@@ -127,27 +296,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _align_cfg(args: argparse.Namespace):
+    """The AlignConfig of the alignment options (built before any slow work, so bad values fail at once)."""
     from .alignment import AlignConfig
     from .maps import MapTrainConfig
 
-    pairs = tuple(tuple(p.split(":")) for p in args.pairs.split(",")) if args.pairs else None
     train = MapTrainConfig(steps=args.steps, residual_hidden=args.residual_hidden, estimator=args.estimator,
                            lambda_geo=args.lambda_geo, lambda_info=args.lambda_info, lambda_curv=args.lambda_curv,
                            eval_every=max(1, min(50, args.steps // 4)))
-    kw = {"pairs": pairs} if pairs else {}
+    kw = {"pairs": args.pairs} if args.pairs else {}
     return AlignConfig(train=train, max_train_rows=args.max_train_rows, **kw)
 
 
-def _fit_and_report(lens, acts, args, out: Path) -> None:
+def _fit_and_report(lens, acts, cfg, args: argparse.Namespace, out: Path) -> None:
     """Fit maps, run the ablations, write artifacts + tables + HTML into ``out``."""
-    cfg = _align_cfg(args)
-    result = lens.fit(acts, cfg)
+    result = lens.fit(acts, cfg, progress=args.progress)
     result.save(out / "alignment")
     write_text_atomic(out / "alignment.txt", result.table() + "\n")
     print(result.table())
     if args.seeds:
-        seeds = tuple(int(x) for x in args.seeds.split(","))
-        ab = lens.ablate(acts, cfg, seeds=seeds)
+        ab = lens.ablate(acts, cfg, seeds=args.seeds, progress=args.progress)
         ab.save(out / "ablation")
         ab.write_html(out / "ablation.html")
         write_text_atomic(out / "ablation.txt", ab.table() + "\n")
@@ -160,18 +327,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .models import load_model
 
     _threads(args.threads)
+    cfg = _align_cfg(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.acts:
         acts = ScaleActivations.load(args.acts)
-        model = load_model(acts.meta.get("model_id") or args.model, backend=args.backend)
+        model = load_model(acts.meta.get("model_id") or args.model, device=args.device, backend=args.backend)
         lens = MSMA(model, acts.scales)
+        _check_pairs(lens, cfg, args)
     else:
         texts, _ = _texts(args.texts, args.max_docs)
         model = load_model(args.model, device=args.device, backend=args.backend)
-        lens = MSMA(model, _parse_scales(args.scales))
-        acts = lens.capture(texts, pooling="token", batch_size=args.batch_size)
-    _fit_and_report(lens, acts, args, out)
+        lens = MSMA(model, args.scales)
+        _check_pairs(lens, cfg, args)
+        acts = lens.capture(texts, pooling="token", batch_size=args.batch_size, progress=args.progress)
+    _fit_and_report(lens, acts, cfg, args, out)
     return 0
 
 
@@ -186,28 +356,15 @@ def _prompts(source: str, n: int) -> list[str]:
     return corpus.load_texts(source)[:n]
 
 
-def _parse_strengths(spec: str | None) -> dict[str, tuple[float, ...]] | None:
-    """``translate=1,2;scale=0.5,1.5`` → {"translate": (1.0, 2.0), "scale": (0.5, 1.5)}."""
-    if not spec:
-        return None
-    out = {}
-    for part in spec.split(";"):
-        kind, _, vals = part.partition("=")
-        try:
-            out[kind.strip()] = tuple(float(v) for v in vals.split(","))
-        except ValueError as e:
-            raise SystemExit(f"error: cannot parse strengths {part!r} (expected kind=v1,v2)") from e
-    return out
-
-
-def _steer_and_report(lens, args, out: Path) -> None:
-    kinds = tuple(k.strip() for k in args.interventions.split(","))
-    strengths = _parse_strengths(args.strengths) or {k: v for k, v in _MAIN_STRENGTHS.items() if k in kinds}
+def _steer_and_report(lens, args: argparse.Namespace, out: Path) -> None:
+    kinds = args.interventions
+    # --strengths overrides the defaults kind by kind; the other kinds keep _MAIN_STRENGTHS
+    strengths = {**{k: v for k, v in _MAIN_STRENGTHS.items() if k in kinds}, **(args.strengths or {})}
     prompts = _prompts(args.prompts, args.n_prompts)
     res = lens.experiment(prompts, interventions=kinds, strengths=strengths,
-                          seeds=tuple(int(x) for x in args.gen_seeds.split(",")), max_new_tokens=args.max_new_tokens,
+                          seeds=args.gen_seeds, max_new_tokens=args.max_new_tokens,
                           do_sample=not args.greedy, top_p=0.9 if not args.greedy else None, batch_size=args.gen_batch_size,
-                          use_scales=args.use_scales.split(",") if args.use_scales else None)
+                          use_scales=list(args.use_scales) if args.use_scales else None, progress=args.progress)
     res.save(out / "steering", figures=True)
     text = res.format()
     write_text_atomic(out / "steering.txt", text + "\n")
@@ -224,40 +381,55 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model, device=args.device, backend=args.backend)
-    _steer_and_report(MSMA(model, _parse_scales(args.scales)), args, out)
+    lens = MSMA(model, args.scales)
+    if args.use_scales:
+        _check_scale_names(lens, args.use_scales, "--use-scales")
+    out.mkdir(parents=True, exist_ok=True)
+    _steer_and_report(lens, args, out)
     return 0
 
 
 def _steer_args(p: argparse.ArgumentParser, n_prompts: int) -> None:
     g = p.add_argument_group("steering")
-    g.add_argument("--prompts", default="corpus", help="'corpus' (first sentences of bundled documents) or a .txt/.jsonl file")
-    g.add_argument("--n-prompts", type=int, default=n_prompts)
-    g.add_argument("--interventions", default="translate,scale,noise,attention")
-    g.add_argument("--strengths", default=None, help="e.g. 'translate=1,2;scale=0.5,1.5' (translate/noise relative to |h|)")
-    g.add_argument("--use-scales", default=None, help="comma-separated scale names to steer (default: all)")
-    g.add_argument("--gen-seeds", default="0", help="sampling seeds (baseline and steered runs share them)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--gen-batch-size", type=int, default=8)
+    g.add_argument("--prompts", type=_text_source, default="corpus",
+                   help="'corpus' (first sentences of bundled documents) or a .txt/.jsonl file")
+    g.add_argument("--n-prompts", type=_int_at_least(1), default=n_prompts)
+    g.add_argument("--interventions", type=_parse_kinds, default=",".join(INTERVENTION_KINDS))
+    g.add_argument("--strengths", type=_parse_strengths, default=None,
+                   help="e.g. 'translate=1,2;scale=0.5,1.5' (translate/noise relative to |h|)")
+    g.add_argument("--use-scales", type=_names, default=None, help="comma-separated scale names to steer (default: all)")
+    g.add_argument("--gen-seeds", type=_int_list(allow_empty=False), default="0",
+                   help="sampling seeds (baseline and steered runs share them)")
+    g.add_argument("--max-new-tokens", type=_int_at_least(1), default=32)
+    g.add_argument("--gen-batch-size", type=_int_at_least(1), default=8)
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of top-p 0.9 sampling")
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("alignment")
-    g.add_argument("--pairs", default=None, help="source:target pairs, default 'global:intermediate,intermediate:local'")
-    g.add_argument("--steps", type=int, default=300, help="training steps per map (default 300)")
-    g.add_argument("--residual-hidden", type=int, default=64, help="width of the nonlinear residual g (0: affine map)")
+    g.add_argument("--pairs", type=_parse_pairs, default=None,
+                   help="source:target pairs, default 'global:intermediate,intermediate:local'")
+    g.add_argument("--steps", type=_int_at_least(1), default=300, help="training steps per map (default 300)")
+    g.add_argument("--residual-hidden", type=_int_at_least(0), default=64, help="width of the nonlinear residual g (0: affine map)")
     g.add_argument("--estimator", default="mine", choices=["mine", "infonce", "nwj", "smile"])
-    g.add_argument("--lambda-geo", type=float, default=0.1)
-    g.add_argument("--lambda-info", type=float, default=0.1)
-    g.add_argument("--lambda-curv", type=float, default=0.01)
-    g.add_argument("--max-train-rows", type=int, default=8192)
-    g.add_argument("--seeds", default="0,1,2", help="seeds for the ablation table ('' to skip ablations)")
+    g.add_argument("--lambda-geo", type=_nonneg_float, default=0.1)
+    g.add_argument("--lambda-info", type=_nonneg_float, default=0.1)
+    g.add_argument("--lambda-curv", type=_nonneg_float, default=0.01)
+    g.add_argument("--max-train-rows", type=_int_at_least(16), default=8192)
+    g.add_argument("--seeds", type=_int_list(allow_empty=True), default="0,1,2",
+                   help="seeds for the ablation table ('' to skip ablations)")
+
+
+def _check_steer_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Cross-option checks: strengths only for the chosen interventions."""
+    extra = sorted(set(args.strengths or {}) - set(args.interventions))
+    if extra:
+        p.error(f"argument --strengths: {extra} not in --interventions {','.join(args.interventions)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="msma-lens", description="Multi-Scale Manifold Alignment for TransformerLens models")
+    p = _Parser(prog="msma-lens", description="Multi-Scale Manifold Alignment for TransformerLens models")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("models", help="list offline and cached models")
     m.add_argument("--json", action="store_true")
@@ -270,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_capture)
     f = sub.add_parser("fit", help="fit cross-scale maps (geoopt Stiefel + MINE + curvature), held-out metrics, ablations")
     _common(f)
-    f.add_argument("--acts", default=None, help="a ScaleActivations artifact (else capture --texts on --model)")
+    f.add_argument("--acts", type=_artifact_dir, default=None, help="a ScaleActivations artifact (else capture --texts on --model)")
     f.add_argument("--out", required=True)
     _fit_args(f)
     f.set_defaults(fn=cmd_fit)
@@ -278,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(st)
     st.add_argument("--out", required=True)
     _steer_args(st, n_prompts=16)
-    st.set_defaults(fn=cmd_steer)
+    st.set_defaults(fn=cmd_steer, check=_check_steer_args, parser=st)
     r = sub.add_parser("run", help="main job: capture the corpus, per-scale report, cross-scale maps, steering effects")
     _common(r)
     r.add_argument("--out", default="out", help="output directory (default: out)")
@@ -287,20 +459,33 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_args(r)
     _steer_args(r, n_prompts=8)
     r.set_defaults(seeds="")
-    r.set_defaults(fn=cmd_run)
+    r.set_defaults(fn=cmd_run, check=_check_steer_args, parser=r)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split("\n")).strip() or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    model = getattr(args, "model", "")
-    if not ("/" in model and not Path(model).exists()):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline names and local paths never need the hub
+    """Run the CLI. Usage errors: exit 2 (``SystemExit``); MSMAError: one line, 2; Ctrl-C: one line, 130."""
     try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "check", None) is not None:
+            args.check(args.parser, args)
+        model = getattr(args, "model", "")
+        if not ("/" in model and not Path(model).exists()):
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline names and local paths never need the hub
         return int(args.fn(args) or 0)
     except MSMAError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"msma-lens: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        pass
+    # reached on Ctrl-C only; printed outside the except block, once the traceback's frames (and the progress
+    # bars they hold) are released, so the message is not written over a bar
+    print("msma-lens: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from . import _tl
 from .activations import ScaleActivations
 from .alignment import AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
@@ -33,29 +35,34 @@ class MSMA:
     def provenance(self) -> dict:
         return {**_tl.provenance(self.model), "scales": self.scales.to_dict(), "site": self.site, "hook_names": self.hook_names}
 
-    def capture(self, texts: Sequence[str], **kwargs: Any) -> ScaleActivations:
-        """Per-scale activations of ``texts``; see :func:`msma_lens.capture.capture` for the options."""
+    def capture(self, texts: Sequence[str] | torch.Tensor, **kwargs: Any) -> ScaleActivations:
+        """Per-scale activations of ``texts`` (documents, or ``[batch, pos]`` token ids with ``attention_mask=``).
+
+        See :func:`msma_lens.capture.capture` for the options.
+        """
         return _capture(self.model, self.scales, texts, site=self.site, **kwargs)
 
-    def _acts(self, acts: ScaleActivations | None, texts: Sequence[str] | None, what: str) -> ScaleActivations:
+    def _acts(self, acts: ScaleActivations | None, texts: Sequence[str] | None, what: str,
+              progress: bool = True) -> ScaleActivations:
         if acts is None:
             if texts is None:
                 from .corpus import load_corpus
 
                 texts = load_corpus().texts
-            acts = self.capture(texts, pooling="token")
+            acts = self.capture(texts, pooling="token", progress=progress)
         acts.check_matches(self.model_id, self.scales, what=what)
         return acts
 
     def fit(self, acts: ScaleActivations | None = None, cfg: AlignConfig | None = None, *,
-            texts: Sequence[str] | None = None, checkpoint_dir: str | None = None) -> AlignmentResult:
+            texts: Sequence[str] | None = None, checkpoint_dir: str | None = None, progress: bool = True) -> AlignmentResult:
         """Fit cross-scale maps (default f_GI and f_IL) on ``acts`` (or on a capture of ``texts`` / the corpus)."""
-        return fit_alignment(self._acts(acts, texts, "this lens"), cfg, checkpoint_dir=checkpoint_dir)
+        return fit_alignment(self._acts(acts, texts, "this lens", progress), cfg, checkpoint_dir=checkpoint_dir, progress=progress)
 
     def ablate(self, acts: ScaleActivations | None = None, cfg: AlignConfig | None = None, *,
-               texts: Sequence[str] | None = None, seeds: tuple[int, ...] = (0, 1, 2), **kwargs: Any) -> AblationResult:
+               texts: Sequence[str] | None = None, seeds: tuple[int, ...] = (0, 1, 2), progress: bool = True,
+               **kwargs: Any) -> AblationResult:
         """Baseline / closed form / full / no-geometry / no-information / no-curvature over ``seeds``."""
-        return run_ablations(self._acts(acts, texts, "this lens"), cfg, seeds=seeds, **kwargs)
+        return run_ablations(self._acts(acts, texts, "this lens", progress), cfg, seeds=seeds, progress=progress, **kwargs)
 
     # ----- interventions ----------------------------------------------------------------------------
     def steer(self, *interventions: Any, **kwargs: Any):

@@ -334,6 +334,8 @@ def fit_map(
     *,
     map: CrossScaleMap | None = None,
     stop_after: int | None = None,
+    progress: bool = True,
+    desc: str = "fit_map",
 ) -> FitOutput:
     """Fit ``f: X → Y`` with ``λ_geo·L_geo − λ_info·Î + λ_curv·L_curv`` (see module docstring).
 
@@ -354,6 +356,9 @@ def fit_map(
     data resumes from it, giving the same result as an uninterrupted fit. ``stop_after=k`` stops after step k
     (checkpointed; ``completed=False``): for time-sliced jobs and tests. Bitwise deterministic under
     ``cfg.seed`` on CPU (on GPU up to CUDA's non-deterministic kernels).
+
+    ``progress``: a tqdm bar over the training steps on stderr (labelled ``desc``), with the held-out
+    objective (``val``) after each evaluation.
     """
     cfg = MapTrainConfig() if cfg is None else cfg
     if not isinstance(cfg, MapTrainConfig):
@@ -486,47 +491,54 @@ def fit_map(
         record(0)
 
     step = state["step"]
-    while not state["finished"]:
-        for g, base in zip(opt.param_groups, base_lrs):
-            g["lr"] = _cosine(base, step, cfg.steps)
-        j = torch.arange(n_tr) if B == n_tr else torch.randperm(n_tr, generator=gen)[:B]
-        j = j.to(dev)
-        xb, yb = Xtr[j], Ytr[j]
-        pred = m(xb)
-        lg = geo_loss(pred, yb)
-        loss = cfg.lambda_geo * lg
-        info = pred.new_zeros(())
-        if use_info:
-            info = objective(critic(pred, yb))
-            loss = loss - cfg.lambda_info * info
-        lc = pred.new_zeros(())
-        if use_curv:
-            lc = curvature_loss(m.residual, xb, cfg.curvature_eps, generator=gen)
-            loss = loss + cfg.lambda_curv * lc
-        if not torch.isfinite(loss):
-            raise NumericsError(
-                f"fit_map: non-finite loss at step {step + 1} (geo={float(lg)}, info={float(info)}, curv={float(lc)}); "
-                "lower the learning rates or lambda_info"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        acc = state["acc"]
-        acc["n"] += 1
-        for k, v in (("loss", loss), ("geo", lg), ("info", info), ("curv", lc)):
-            acc[k] += float(v.detach())
-        state["step"] = step
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            record(step)
-            if cfg.patience is not None and state["bad"] >= cfg.patience:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", leave=False, disable=not progress,
+               postfix={"val": f"{state['history'][-1]['val_objective']:.4g}"})
+    with bar:  # closed (and cleared) also on exceptions and Ctrl-C
+        while not state["finished"]:
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = _cosine(base, step, cfg.steps)
+            j = torch.arange(n_tr) if B == n_tr else torch.randperm(n_tr, generator=gen)[:B]
+            j = j.to(dev)
+            xb, yb = Xtr[j], Ytr[j]
+            pred = m(xb)
+            lg = geo_loss(pred, yb)
+            loss = cfg.lambda_geo * lg
+            info = pred.new_zeros(())
+            if use_info:
+                info = objective(critic(pred, yb))
+                loss = loss - cfg.lambda_info * info
+            lc = pred.new_zeros(())
+            if use_curv:
+                lc = curvature_loss(m.residual, xb, cfg.curvature_eps, generator=gen)
+                loss = loss + cfg.lambda_curv * lc
+            if not torch.isfinite(loss):
+                raise NumericsError(
+                    f"fit_map: non-finite loss at step {step + 1} (geo={float(lg)}, info={float(info)}, curv={float(lc)}); "
+                    "lower the learning rates or lambda_info"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            acc = state["acc"]
+            acc["n"] += 1
+            for k, v in (("loss", loss), ("geo", lg), ("info", info), ("curv", lc)):
+                acc[k] += float(v.detach())
+            state["step"] = step
+            bar.update()
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                record(step)
+                bar.set_postfix(val=f"{state['history'][-1]['val_objective']:.4g}", refresh=False)
+                if cfg.patience is not None and state["bad"] >= cfg.patience:
+                    state["finished"] = True
+            if step == cfg.steps:
                 state["finished"] = True
-        if step == cfg.steps:
-            state["finished"] = True
-        if state["finished"] or step % cfg.checkpoint_every == 0 or step == stop_after:
-            save()
-        if step == stop_after and not state["finished"]:
-            break
+            if state["finished"] or step % cfg.checkpoint_every == 0 or step == stop_after:
+                save()
+            if step == stop_after and not state["finished"]:
+                break
     completed = state["finished"]
     best = state["best"]
     if completed:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -177,9 +178,11 @@ def _smollm2_hf() -> tuple[Any, Any, str]:
 
 
 def _convert_smollm2(gguf: Path, target: Path) -> None:
+    """Dequantise the GGUF into ``target`` (safetensors, config, tokenizer, manifest); transformers shows a tensor bar."""
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    print(f"msma-lens: converting SmolLM2 GGUF to safetensors once (~30 s) into {target}", file=sys.stderr, flush=True)
     t0 = time.time()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=target.parent))
@@ -353,6 +356,12 @@ def tiny_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
 
 
+# Untied embeddings and a wider initialisation than HF's 0.02: with the defaults, a random model's residual stream
+# is its input embedding and greedy decoding repeats the last prompt token forever, so generation tests (KV-cache
+# parity, the Hugging Face oracle) could not tell a correct decoder from a broken one.
+_TINY_INIT = 0.1
+
+
 def _load_tiny(name: str, backend: str, *, seed: int, n_layers: int, d_model: int) -> Any:
     if n_layers < 1 or d_model < 8 or d_model % 4:
         raise ConfigError(f"tiny models need n_layers >= 1 and d_model a multiple of 4 (>= 8), got {n_layers}, {d_model}")
@@ -363,13 +372,15 @@ def _load_tiny(name: str, backend: str, *, seed: int, n_layers: int, d_model: in
         from transformers import GPT2Config, GPT2LMHeadModel
 
         cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=4, vocab_size=V, n_positions=1024,
+                         initializer_range=_TINY_INIT, tie_word_embeddings=False,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         hf = GPT2LMHeadModel(cfg)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
         cfg = LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4,
-                          num_key_value_heads=2, vocab_size=V, max_position_embeddings=1024, tie_word_embeddings=True,
+                          num_key_value_heads=2, vocab_size=V, max_position_embeddings=1024, tie_word_embeddings=False,
+                          initializer_range=_TINY_INIT,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         hf = LlamaForCausalLM(cfg)
     # the bridge reads the architecture from a local config directory; keep one per (name, shape)

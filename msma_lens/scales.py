@@ -203,16 +203,31 @@ class Scales:
 
     # ----- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"groups": {n: [self.groups[n][0], self.groups[n][-1]] for n in self._order},
+        """``{"groups": {name: [first, last]}, "order": [names], "n_layers", "source"}``.
+
+        ``order`` keeps the scale order through JSON writers that sort keys (``groups`` is a mapping).
+        """
+        return {"groups": {n: [self.groups[n][0], self.groups[n][-1]] for n in self._order}, "order": list(self._order),
                 "n_layers": self.n_layers, "source": self.source}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Scales:
+        """Inverse of :meth:`to_dict`. Specs without ``order`` (older files, whose ``groups`` may have been
+        key-sorted on disk) are ordered by first layer, which restores local → intermediate → global."""
         try:
-            groups = {n: range(int(r[0]), int(r[1]) + 1) for n, r in d["groups"].items()}
+            ranges = {n: (int(r[0]), int(r[1])) for n, r in d["groups"].items()}
+            order = d.get("order")
+            if order is None:
+                order = sorted(ranges, key=lambda n: ranges[n])
+            elif sorted(map(str, order)) != sorted(ranges):
+                raise ConfigError(f"malformed scale spec {dict(d)!r}: 'order' {list(order)} does not name the groups "
+                                  f"{sorted(ranges)} exactly once each")
+            groups = {n: range(ranges[n][0], ranges[n][1] + 1) for n in order}
             return cls(groups, n_layers=d.get("n_layers"), source=d.get("source", "explicit"))
-        except (KeyError, TypeError, IndexError) as e:
-            raise ConfigError(f"malformed scale spec {dict(d)!r}: {e}") from e
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"malformed scale spec {d!r}: {e}") from e
 
     def spec_hash(self) -> str:
         """Identity of the partition (names and layers; not the source label)."""
@@ -220,7 +235,8 @@ class Scales:
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def same_partition(self, other: Scales) -> bool:
-        return [(n, self.groups[n]) for n in self._order] == [(n, other.groups[n]) for n in other._order]
+        """True when both assign the same layers to the same names (the order of the scales is not compared)."""
+        return dict(self.groups) == dict(other.groups)
 
     def __repr__(self) -> str:
         body = ", ".join(f"{n}={self.groups[n][0]}-{self.groups[n][-1]}" for n in self._order)

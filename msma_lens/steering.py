@@ -499,7 +499,7 @@ def run_experiment(
     test: str = "paired",
     n_boot: int = 1000,
     alpha: float = 0.05,
-    progress: bool = False,
+    progress: bool = True,
 ) -> ExperimentResult:
     """prompts × scales × interventions × strengths × seeds → per-metric changes vs the unsteered baseline.
 
@@ -509,6 +509,7 @@ def run_experiment(
     interventions. ``strengths`` defaults to :data:`DEFAULT_STRENGTHS`. Each (seed, prompt) pair gets the
     same sampling seed in the baseline and every steered run, so samples are paired (``test="paired"``; or
     ``"welch"``). ``metrics``: names from :data:`msma_lens.text.TEXT_METRICS` (default :data:`DEFAULT_METRICS`).
+    ``progress``: a tqdm bar on stderr over the grid cells (baseline per seed, then scale × kind × strength × seed).
     """
     from .text import TEXT_METRICS, text_metrics
 
@@ -572,7 +573,7 @@ def run_experiment(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="steering", unit="run")
+        bar = tqdm(total=total, desc="steering", unit="cell", leave=False)
     samples: list[dict] = []
     base: dict[tuple[int, int], dict] = {}
     for seed in seeds:

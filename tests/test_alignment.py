@@ -81,8 +81,9 @@ def test_save_load_roundtrip_and_mismatch(fitted, planted, tmp_path):
     assert back.metrics == json.loads(json.dumps(fitted.metrics))
     with pytest.raises(ArtifactError, match="maps were fitted on model 'synthetic', but loading uses 'smollm2-135m'"):
         AlignmentResult.load(tmp_path / "a", model_id="smollm2-135m")
+    AlignmentResult.load(tmp_path / "a", scales=Scales.default(6))  # thirds of 6 layers: the partition it was fitted on
     with pytest.raises(ArtifactError, match="maps were fitted with scales"):
-        AlignmentResult.load(tmp_path / "a", scales=Scales.default(6))
+        AlignmentResult.load(tmp_path / "a", scales=Scales.from_ranges({"local": (0, 2), "intermediate": (3, 3), "global": (4, 5)}))
     with pytest.raises(ArtifactError, match="expected a 'msma_lens.AlignmentResult' artifact"):
         acts.save(tmp_path / "acts")
         AlignmentResult.load(tmp_path / "acts")
@@ -185,3 +186,16 @@ def test_lens_fit_refuses_activations_of_another_model(planted, tiny_gpt2):
 
     with pytest.raises(ArtifactError, match="captured from model 'synthetic', but this lens uses 'tiny-gpt2'"):
         MSMA(tiny_gpt2).fit(planted[0], _cfg())
+
+
+def test_fit_and_ablation_progress_bars(planted, capsys):
+    acts = planted[0]
+    fit_alignment(acts, _cfg(steps=10, eval_every=5), progress=True)
+    err = capsys.readouterr().err
+    assert "fit:" in err and "/2" in err and "global->intermediate" in err and "intermediate->local" in err
+    run_ablations(acts, _cfg(steps=10, eval_every=5), variants=("baseline", "full"), seeds=(0, 1), progress=True)
+    err = capsys.readouterr().err
+    assert "ablate:" in err and "/8" in err and "seed 1 intermediate->local full" in err
+    fit_alignment(acts, _cfg(steps=10, eval_every=5), progress=False)
+    run_ablations(acts, _cfg(steps=10, eval_every=5), variants=("baseline", "full"), seeds=(0, 1), progress=False)
+    assert capsys.readouterr().err == ""

@@ -71,3 +71,143 @@ def test_help_everywhere(capsys):
             main([*cmd, "--help"])
         assert e.value.code == 0
         assert "usage: msma-lens" in capsys.readouterr().out
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("msma-lens: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, option, value", [
+    (["capture", "--scales", "local="], "--scales", "'local='"),
+    (["capture", "--scales", "local=0-1,global=x-3"], "--scales", "'global=x-3'"),
+    (["capture", "--scales", "local=3-1"], "--scales", "'local=3-1'"),
+    (["capture", "--scales", "gpt3"], "--scales", "'gpt3'"),
+    (["steer", "--strengths", "translate=abc"], "--strengths", "'translate=abc'"),
+    (["steer", "--strengths", "rotate=1"], "--strengths", "'rotate'"),
+    (["steer", "--interventions", "scale", "--strengths", "noise=1"], "--strengths", "['noise']"),
+    (["steer", "--interventions", "scale,rotate"], "--interventions", "['rotate']"),
+    (["steer", "--gen-seeds", "0,x"], "--gen-seeds", "'0,x'"),
+    (["steer", "--n-prompts", "0"], "--n-prompts", "'0'"),
+    (["steer", "--use-scales", "local,,global"], "--use-scales", "'local,,global'"),
+    (["fit", "--pairs", "global"], "--pairs", "'global'"),
+    (["fit", "--pairs", "local:local"], "--pairs", "'local:local'"),
+    (["fit", "--seeds", "1,1"], "--seeds", "'1,1'"),
+    (["fit", "--steps", "ten"], "--steps", "'ten'"),
+    (["fit", "--lambda-geo", "-1"], "--lambda-geo", "'-1'"),
+    (["fit", "--max-train-rows", "8"], "--max-train-rows", "'8'"),
+    (["fit", "--acts", "no-such-dir"], "--acts", "'no-such-dir'"),
+    (["capture", "--texts", "missing.txt"], "--texts", "'missing.txt'"),
+    (["capture", "--max-docs", "-3"], "--max-docs", "'-3'"),
+    (["capture", "--device", "gpu7"], "--device", "'gpu7'"),
+    (["capture", "--pooling", "max"], "--pooling", "'max'"),
+])
+def test_usage_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, argv, option, value):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--model", "tiny-gpt2", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    line = _one_error_line(capsys)
+    assert f"argument {option}: " in line and value in line, line
+    assert not (tmp_path / "o").exists()  # rejected before any work
+
+
+def test_missing_argument_and_unknown_command_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["capture"])
+    assert e.value.code == 2 and "required: --out" in _one_error_line(capsys)
+    with pytest.raises(SystemExit) as e:
+        main(["cpature"])
+    assert e.value.code == 2 and "'cpature'" in _one_error_line(capsys)
+
+
+def test_runtime_errors_one_line_before_slow_work(tmp_path, capsys, monkeypatch):
+    import msma_lens.lens
+
+    def no_capture(*a, **k):
+        raise AssertionError("captured despite a bad option")
+
+    monkeypatch.setattr(msma_lens.lens.MSMA, "capture", no_capture)
+    assert main(["fit", "--model", "tiny-gpt2", "--pairs", "global:deep", "--out", str(tmp_path / "a")]) == 2
+    line = _one_error_line(capsys)
+    assert "--pairs: unknown scale(s) ['deep']" in line
+    assert main(["run", "--model", "tiny-gpt2", "--scales", "local=0-1,global=2-3", "--out", str(tmp_path / "b")]) == 2
+    assert "--pairs (default 'global:intermediate,intermediate:local'): unknown scale(s) ['intermediate']" in _one_error_line(capsys)
+    assert main(["steer", "--model", "tiny-gpt2", "--use-scales", "middle", "--out", str(tmp_path / "c")]) == 2
+    assert "--use-scales: unknown scale(s) ['middle']" in _one_error_line(capsys)
+    assert not (tmp_path / "c").exists()
+
+
+def test_multiline_error_message_stays_one_line(monkeypatch, capsys):
+    import msma_lens.models
+    from msma_lens.errors import ArtifactError
+
+    def broken():
+        raise ArtifactError("first line\nsecond line")
+
+    monkeypatch.setattr(msma_lens.models, "list_models", broken)
+    assert main(["models"]) == 2
+    assert _one_error_line(capsys) == "msma-lens: error: first line second line"
+
+
+def test_keyboard_interrupt_exits_130_with_one_line(monkeypatch, capsys):
+    import msma_lens.models
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(msma_lens.models, "list_models", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err == "msma-lens: interrupted\n"
+
+
+def test_sigint_in_a_real_process_exits_130_without_traceback(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    err_path = tmp_path / "err.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "msma_lens.cli", "fit", "--model", "tiny-gpt2", "--max-docs", "6",
+                                 "--steps", "1000000", "--residual-hidden", "0", "--seeds", "", "--out", str(tmp_path / "o")],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            deadline = time.time() + 120
+            while "global->intermediate" not in err_path.read_text(errors="replace"):  # the fit_map bar is up
+                assert proc.poll() is None and time.time() < deadline, err_path.read_text(errors="replace")
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = err_path.read_text(errors="replace")
+    assert rc == 130, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert text.replace("\r", "\n").strip().splitlines()[-1] == "msma-lens: interrupted"
+
+
+def test_progress_bars_on_by_default_and_no_progress_silences_them(tmp_path, capsys):
+    src = tmp_path / "docs.txt"
+    src.write_text("One small text.\nAnother text here.\nThird.\n")
+    base = ["capture", "--model", "tiny-gpt2", "--texts", str(src), "--scales", "local=0-1,global=2-3"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert "capture:" in capsys.readouterr().err
+    assert main([*base, "--no-progress", "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_fit_threads_progress_flag(tmp_path, capsys):
+    base = ["fit", "--model", "tiny-gpt2", "--max-docs", "6", "--steps", "4", "--residual-hidden", "0", "--seeds", "0"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "fit:" in err and "ablate:" in err and "global->intermediate" in err
+    assert main([*base, "--no-progress", "--out", str(tmp_path / "b")]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and "global->intermediate" in cap.out

@@ -222,3 +222,15 @@ def test_fit_map_input_errors(tmp_path):
     (tmp_path / "fit_map.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ArtifactError, match="cannot read checkpoint"):
         fit_map(X, Y, Xv, Yv, _geo_only(steps=2, checkpoint_dir=str(tmp_path)))
+
+
+def test_fit_map_progress_bar_on_stderr_and_off(capsys):
+    X, Y, Xv, Yv = _planted(64, 4, 1, seed=0)
+    cfg = _geo_only(steps=20, eval_every=5)
+    on = fit_map(X, Y, Xv, Yv, cfg, progress=True, desc="g->i")
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert "g->i" in cap.err and "/20" in cap.err and "val=" in cap.err  # bar over the 20 steps, held-out objective
+    off = fit_map(X, Y, Xv, Yv, cfg, progress=False)
+    assert capsys.readouterr().err == ""
+    assert _history_equal(on.history, off.history) and _state_equal(on.map, off.map)  # the bar does not touch the fit

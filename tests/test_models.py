@@ -142,3 +142,19 @@ def test_gguf_path_loads(smollm2):
     assert m.cfg.n_layers == 30 and m.msma_model_id == str(gguf)
     toks = _tl.to_tokens(m, ["The capital of France is"])[0]
     torch.testing.assert_close(m(toks), smollm2(toks))
+
+
+def test_gguf_conversion_announces_itself_on_stderr(tmp_path, monkeypatch, capsys):
+    import transformers
+
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=32, n_positions=16))
+    tok = models_mod.tiny_tokenizer()
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: hf)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tok)
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF")
+    target = tmp_path / "cache" / "smollm2-135m"
+    models_mod._convert_smollm2(gguf, target)
+    err = capsys.readouterr().err
+    assert f"converting SmolLM2 GGUF to safetensors once (~30 s) into {target}" in err
+    assert (target / "manifest.json").is_file() and (target / "model.safetensors").is_file()

@@ -260,3 +260,14 @@ def test_smollm2_steered_generation_kv_parity_and_batching(request):
     assert kv.texts != base.texts
     for i, p in enumerate(prompts):
         assert generate(smollm2, [p], ivs, **kw).generated[0] == kv.generated[i]
+
+
+def test_run_experiment_progress_bar_over_grid_cells(tiny_gpt2, capsys):
+    kw = dict(interventions={"amp": lambda scale, s, seed: Scale(scale, s)}, strengths={"amp": [0.5, 2.0]},
+              use_scales=["local", "global"], metrics=["word_count"], max_new_tokens=2, do_sample=False, seeds=[0], n_boot=0)
+    on = run_experiment(tiny_gpt2, PROMPTS[:2], **kw)  # progress is on by default
+    err = capsys.readouterr().err
+    assert "steering:" in err and "/5" in err  # 1 baseline + 2 scales x 2 strengths
+    off = run_experiment(tiny_gpt2, PROMPTS[:2], progress=False, **kw)
+    assert capsys.readouterr().err == ""
+    assert [s["text"] for s in on.samples] == [s["text"] for s in off.samples]
