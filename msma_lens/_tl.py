@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,34 +200,115 @@ def count_attached_hooks(model: Any) -> int:
     return total
 
 
-def to_tokens(model: Any, texts: list[str], *, prepend_bos: bool = True, padding_side: str = "right",
-              max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokenise a batch: ``(tokens [B, T], attention_mask [B, T], content_mask [B, T])``.
-
-    Decoders get BOS prepended when the tokenizer has one and ``prepend_bos``; encoders get their own special
-    tokens ([CLS]/[SEP]). ``content_mask`` is the attention mask without BOS and special tokens: the
-    positions statistics should use (BOS norms are ~100x the median). The mask is returned explicitly: never
-    infer it from pad ids (SmolLM2 has pad == eos).
-    """
+def _tokenizer(model: Any) -> Any:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
-        raise ConfigError(f"{type(model).__name__} has no tokenizer; pass token ids instead of text")
-    if padding_side not in ("left", "right"):
-        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise ConfigError(f"{type(model).__name__} has no tokenizer, so it cannot take text: pass token ids instead "
+                          "(a [batch, pos] LongTensor, with attention_mask= a [batch, pos] tensor if it is padded)")
+    return tok
+
+
+def encode(model: Any, texts: list[str], *, prepend_bos: bool = True) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each text and their special-token flags (1 = BOS/[CLS]/[SEP]); unpadded, untruncated.
+
+    Decoders get BOS prepended when the tokenizer has one and ``prepend_bos``; encoders get their own special
+    tokens ([CLS]/[SEP]). Raises ConfigError when the model has no tokenizer.
+    """
+    tok = _tokenizer(model)
     encoder = is_encoder(model)
-    seqs, specials = [], []
     bos = tok.bos_token_id if (prepend_bos and not encoder) else None
+    seqs, specials = [], []
     for t in texts:
         enc = tok(t, add_special_tokens=encoder, return_special_tokens_mask=encoder)
         ids = list(enc["input_ids"])
         sp = list(enc["special_tokens_mask"]) if encoder else [0] * len(ids)
         if bos is not None:
             ids, sp = [bos, *ids], [1, *sp]
-        if max_length is not None and len(ids) > max_length:
-            ids, sp = ids[:max_length], sp[:max_length]
         seqs.append(ids)
         specials.append(sp)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    return seqs, specials
+
+
+def token_rows(model: Any, tokens: Any, attention_mask: Any = None, *,
+               arg: str = "tokens") -> tuple[list[list[int]], list[list[int]]]:
+    """Unpadded rows of a ``[batch, pos]`` token-id tensor and their special-token flags.
+
+    ``attention_mask`` (``[batch, pos]``, 1 = real token, default all ones) selects each row's tokens; its ones
+    must be contiguous (left or right padding), so both paddings give the same rows. The tokens are used as
+    they are (no BOS is added). Flagged as special, i.e. excluded from statistics: the first attended token
+    when it is the tokenizer's BOS id (decoders), or every [CLS]/[SEP]/BOS/EOS id (encoders).
+    Without a tokenizer nothing is flagged. Errors name ``arg`` / ``attention_mask``.
+    """
+    if not isinstance(tokens, torch.Tensor):
+        raise ConfigError(f"{arg} must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+    if tokens.ndim != 2:
+        hint = " (use tokens.unsqueeze(0) for one sequence)" if tokens.ndim == 1 else ""
+        raise ConfigError(f"{arg} must be a [batch, pos] tensor of token ids, got shape {tuple(tokens.shape)}{hint}")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ConfigError(f"{arg} must hold integer token ids (torch.long), got dtype {tokens.dtype}")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ConfigError(f"{arg} is empty (shape {tuple(tokens.shape)}): pass at least one token per row")
+    tokens = tokens.detach().cpu().long()
+    if attention_mask is None:
+        mask = torch.ones_like(tokens, dtype=torch.bool)
+    else:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise ConfigError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+        if tuple(attention_mask.shape) != tuple(tokens.shape):
+            raise ConfigError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(tokens.shape)} "
+                              f"(the shape of {arg})")
+        if attention_mask.is_floating_point() or attention_mask.is_complex():
+            raise ConfigError(f"attention_mask must be a bool or integer tensor of 0/1, got dtype {attention_mask.dtype}")
+        m = attention_mask.detach().cpu().long()
+        if ((m != 0) & (m != 1)).any():
+            raise ConfigError(f"attention_mask must hold only 0 and 1, found {sorted(set(m.unique().tolist()) - {0, 1})[:5]}")
+        mask = m.bool()
+    vocab = getattr(model.cfg, "d_vocab", None)
+    tok = getattr(model, "tokenizer", None)
+    encoder = is_encoder(model)
+    bos = getattr(tok, "bos_token_id", None) if tok is not None and not encoder else None
+    special_ids = set()
+    if tok is not None and encoder:  # the tokens an encoder's tokenizer adds itself ([CLS]/[SEP], <s>/</s>)
+        special_ids = {getattr(tok, a, None) for a in ("cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id")}
+        special_ids.discard(None)
+    seqs, specials = [], []
+    for i in range(tokens.shape[0]):
+        where = torch.nonzero(mask[i]).flatten()
+        if where.numel() == 0:
+            raise ConfigError(f"attention_mask row {i} has no attended tokens")
+        if int(where[-1] - where[0]) + 1 != where.numel():
+            raise ConfigError(f"attention_mask row {i} has gaps: its ones must be contiguous (left or right padding)")
+        ids = tokens[i, where].tolist()
+        bad = [t for t in ids if t < 0 or (vocab is not None and t >= int(vocab))]
+        if bad:
+            raise ConfigError(f"{arg} row {i} holds token id {bad[0]}, outside the vocabulary 0..{int(vocab) - 1 if vocab else '?'}")
+        if encoder:
+            sp = [int(t in special_ids) for t in ids]
+        else:
+            sp = [0] * len(ids)
+            if bos is not None and ids[0] == bos:
+                sp[0] = 1
+        seqs.append(ids)
+        specials.append(sp)
+    return seqs, specials
+
+
+def pad_batch(model: Any, seqs: list[list[int]], specials: list[list[int]], *, padding_side: str = "right",
+              max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad rows into ``(tokens [B, T], attention_mask [B, T], content_mask [B, T])``, truncating to ``max_length``.
+
+    ``content_mask`` is the attention mask without special positions: the positions statistics should use
+    (BOS norms are ~100x the median). The mask is returned explicitly: never infer it from pad ids (SmolLM2 has
+    pad == eos).
+    """
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if max_length is not None:
+        seqs, specials = [s[:max_length] for s in seqs], [sp[:max_length] for sp in specials]
+    tok = getattr(model, "tokenizer", None)
+    pad = 0
+    if tok is not None:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     T = max(len(s) for s in seqs)
     toks = torch.full((len(seqs), T), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -239,12 +321,22 @@ def to_tokens(model: Any, texts: list[str], *, prepend_bos: bool = True, padding
     return toks, mask, content
 
 
+def to_tokens(model: Any, texts: list[str], *, prepend_bos: bool = True, padding_side: str = "right",
+              max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokenise a batch: ``(tokens [B, T], attention_mask [B, T], content_mask [B, T])``.
+
+    :func:`encode` then :func:`pad_batch`: BOS (decoders) or [CLS]/[SEP] (encoders) added and excluded from
+    ``content_mask``. Raises ConfigError when the model has no tokenizer (pass token ids instead).
+    """
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    seqs, specials = encode(model, texts, prepend_bos=prepend_bos)
+    return pad_batch(model, seqs, specials, padding_side=padding_side, max_length=max_length)
+
+
 def token_lengths(model: Any, texts: list[str], *, prepend_bos: bool = True) -> list[int]:
     """Token count of each text as :func:`to_tokens` would produce it (before truncation)."""
-    tok = model.tokenizer
-    encoder = is_encoder(model)
-    extra = 1 if (prepend_bos and not encoder and tok.bos_token_id is not None) else 0
-    return [len(tok(t, add_special_tokens=encoder)["input_ids"]) + extra for t in texts]
+    return [len(s) for s in encode(model, texts, prepend_bos=prepend_bos)[0]]
 
 
 def context_length(model: Any) -> int:
@@ -343,3 +435,74 @@ def generate_tokens(model: Any, prompts: list[str], *, max_new_tokens: int, do_s
     if not isinstance(out, torch.Tensor):  # ModelOutput-like (output_logits) or tuple
         out = getattr(out, "sequences", out[0] if isinstance(out, tuple) else out)
     return out
+
+
+# ----- KV-cache self-check (guard.py) ----------------------------------------------------------------------
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide what generation computes."""
+    out = {"transformer_lens": tl_version()}
+    for dist in ("transformers", "torch"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def kv_probe_tokens(model: Any, text: str = "The capital of France is") -> torch.Tensor:
+    """A short ``[1, P]`` prompt for the self-check: ``text`` tokenised (BOS included), or fixed ids without a tokenizer."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None:
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        if default_prepend_bos(model):
+            ids = [tok.bos_token_id, *ids]
+    else:
+        ids = [(7 * i + 1) % int(model.cfg.d_vocab) for i in range(6)]
+    return torch.tensor([ids], dtype=torch.long, device=model_device(model))
+
+
+def kv_decoding_logits(model: Any, tokens: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy-decode ``steps`` tokens with ``model.generate`` and its KV cache, then re-run the whole sequence once.
+
+    Returns ``(cached [B, steps, V], uncached [B, steps, V], sequence [B, P + steps])``: the logits each cached
+    decoding step produced (read from the unembedding's output, so no TransformerLens hook is involved), and the
+    logits one uncached forward pass gives at the same positions of the same sequence.
+    """
+    unembed = getattr(model, "unembed", None)
+    if not isinstance(unembed, torch.nn.Module):
+        raise ConfigError(f"{type(model).__name__} has no unembed module to read decoding logits from")
+    seen: list[torch.Tensor] = []
+    handle = unembed.register_forward_hook(lambda mod, args, out: seen.append(out[:, -1:].detach().float().clone()))
+    try:
+        with torch.no_grad():
+            seq = model.generate(tokens, max_new_tokens=steps, do_sample=False, use_past_kv_cache=True, stop_at_eos=False,
+                                 return_type="tokens", verbose=False)
+    finally:
+        handle.remove()
+    if not isinstance(seq, torch.Tensor):
+        seq = getattr(seq, "sequences", seq[0] if isinstance(seq, tuple) else seq)
+    P = tokens.shape[1]
+    if len(seen) < steps:
+        raise HookError(f"the unembedding fired {len(seen)} times during {steps} decoding steps")
+    cached = torch.cat(seen[-steps:], dim=1)
+    with torch.no_grad():
+        uncached = model(seq, return_type="logits")[:, P - 1:P - 1 + steps].float()
+    return cached, uncached, seq
+
+
+def force_uncached_generation(model: Any, message: str) -> None:
+    """Make ``model.generate`` decode without the KV cache (on this instance only), warning on each cached request."""
+    if getattr(model, "msma_uncached_generation", False):
+        return
+    original = model.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("use_past_kv_cache", True):
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        kwargs["use_past_kv_cache"] = False
+        return original(*args, **kwargs)
+
+    generate.__doc__ = getattr(original, "__doc__", None)
+    generate.__wrapped__ = original  # type: ignore[attr-defined]
+    model.generate = generate
+    model.msma_uncached_generation = True

@@ -2,14 +2,18 @@
 
 One forward pass per batch with ``run_with_cache`` restricted to the scales' hook names and
 ``stop_at_layer`` so no block above the highest scale is computed. BOS, special and padding positions are
-excluded from every statistic; batches carry an explicit attention mask.
+excluded from every statistic; batches carry an explicit attention mask. Input is a list of texts or a
+``[batch, pos]`` tensor of token ids (with an optional ``attention_mask``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,8 +67,9 @@ def _layer_plan(scales: Scales, layer_agg: str | int | dict) -> dict[str, list[i
 def capture(
     model: Any,
     scales: Scales | str | dict | None,
-    texts: Sequence[str],
+    texts: Sequence[str] | torch.Tensor,
     *,
+    attention_mask: torch.Tensor | None = None,
     pooling: str = "token",
     layer_agg: str | int | dict = "mean",
     site: str = "resid_post",
@@ -76,17 +81,32 @@ def capture(
     shard_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> ScaleActivations:
-    """Capture per-scale residuals of ``texts``.
+    """Capture per-scale residuals of ``texts`` (a list of documents, or a ``[batch, pos]`` tensor of token ids).
 
     pooling: ``token`` (one row per content token, positions paired across scales), ``mean`` (mask-aware
     mean per document) or ``last`` (last content token). layer_agg: ``mean`` of the scale's layers, ``first``,
     ``last``, or an absolute layer index (per scale via a dict). Texts longer than ``max_length`` (default:
     the model's context) are truncated with a warning, or rejected with ``on_overflow="error"``.
+
+    Token ids are used as they are (no BOS is prepended, ``prepend_bos`` is ignored); ``attention_mask``
+    (``[batch, pos]``, 1 = real token, default all ones) marks each row's tokens, left or right padded alike.
+    The content positions are the attended ones minus the first when it is the tokenizer's BOS id (encoders:
+    minus [CLS]/[SEP]); ``doc_ids`` index the rows. ``corpus_sha256`` then hashes the unpadded ids. A model
+    without a tokenizer needs token ids.
+
     ``shard_dir`` streams each batch to disk (only one batch is held in memory during the forward passes) and
-    resumes an interrupted run; the shards are read back once at the end.
+    resumes an interrupted run. Each shard records its batch size and document ids; on resume every shard is
+    verified against the batch it should hold (a damaged one is re-captured with a warning), and a resume
+    with another ``batch_size``, ``padding_side`` or configuration is refused, so the result is exactly that of
+    an uninterrupted run. The shards are read back once at the end.
     """
     _tl.check_model(model)
-    texts = check_texts(texts)
+    tokens_in = isinstance(texts, torch.Tensor)
+    if not tokens_in:
+        if attention_mask is not None:
+            raise ConfigError("attention_mask is only for token-id input (texts as a [batch, pos] tensor); texts are "
+                              "tokenised and masked by msma-lens")
+        texts = check_texts(texts)
     if getattr(model, "training", False):
         warnings.warn("the model is in training mode (dropout is active): call model.eval() for reproducible activations",
                       stacklevel=2)
@@ -95,15 +115,23 @@ def capture(
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
     if on_overflow not in ("warn", "error"):
         raise ConfigError(f"on_overflow must be 'warn' or 'error', got {on_overflow!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     plan = _layer_plan(scales, layer_agg)
     layers = sorted({x for ls in plan.values() for x in ls})
     names = {x: _tl.resid_name(model, x, site) for x in layers}
     ctx = _tl.context_length(model)
     max_len = min(max_length or ctx, ctx)
 
-    lengths = _tl.token_lengths(model, texts, prepend_bos=prepend_bos)
+    if tokens_in:
+        seqs, specials = _tl.token_rows(model, texts, attention_mask, arg="texts (token ids)")
+        prepend_bos, corpus_hash = False, _sha256_token_rows(seqs)
+    else:
+        seqs, specials = _tl.encode(model, texts, prepend_bos=prepend_bos)
+        corpus_hash = sha256_texts(texts)
+    lengths = [len(x) for x in seqs]
     too_long = [i for i, n in enumerate(lengths) if n > max_len]
     if too_long:
         msg = f"{len(too_long)} document(s) exceed {max_len} tokens (first: document {too_long[0]}, {lengths[too_long[0]]} tokens)"
@@ -111,7 +139,7 @@ def capture(
             raise ConfigError(msg)
         warnings.warn(msg + "; truncating them", stacklevel=2)
     # batch by length to limit padding; results are restored to document order
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    order = sorted(range(len(seqs)), key=lambda i: lengths[i])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     meta = {
         **_tl.provenance(model),
@@ -121,13 +149,19 @@ def capture(
         "hook_names": {s: [names[x] for x in plan[s]] for s in scales.names},
         "pooling": pooling,
         "layer_agg": layer_agg,
+        "input": "token_ids" if tokens_in else "text",
         "prepend_bos": prepend_bos,
+        "padding_side": padding_side,
         "max_length": max_len,
-        "corpus_sha256": sha256_texts(texts),
-        "n_docs": len(texts),
-        "excluded_positions": "BOS, special tokens and padding",
+        "corpus_sha256": corpus_hash,
+        "n_docs": len(seqs),
+        "excluded_positions": ("attention_mask padding and a leading BOS id (encoders: [CLS]/[SEP])" if tokens_in
+                               else "BOS, special tokens and padding"),
     }
-    shards = _ShardStore(Path(shard_dir), meta, len(batches)) if shard_dir is not None else None
+    shards = None
+    if shard_dir is not None:
+        rows = [sum(1 - f for f in sp[:max_len]) if pooling == "token" else 1 for sp in specials]
+        shards = _ShardStore(Path(shard_dir), meta, batch_size, batches, rows, list(scales.names))
     stop = max(layers) + 1
     parts: list[dict[str, torch.Tensor]] = []
     it = range(len(batches))
@@ -140,7 +174,7 @@ def capture(
             if shards is not None and shards.done(b):
                 continue
             idx = batches[b]
-            toks, mask, content = _tl.to_tokens(model, [texts[i] for i in idx], prepend_bos=prepend_bos,
+            toks, mask, content = _tl.pad_batch(model, [seqs[i] for i in idx], [specials[i] for i in idx],
                                                 padding_side=padding_side, max_length=max_len)
             toks, mask = toks.to(_tl.model_device(model)), mask.to(_tl.model_device(model))
             cache = _tl.run_with_cache(model, toks, mask, list(names.values()),
@@ -154,6 +188,15 @@ def capture(
         parts = [shards.read(b) for b in range(len(batches))]
         shards.finish()
     return _assemble(parts, list(scales.names), meta)
+
+
+def _sha256_token_rows(seqs: list[list[int]]) -> str:
+    """Hash of token-id input: each unpadded row, length-prefixed, as little-endian int64."""
+    h = hashlib.sha256(b"msma_lens.token_ids\0")
+    for ids in seqs:
+        h.update(len(ids).to_bytes(8, "little"))
+        h.update(torch.tensor(ids, dtype=torch.int64).numpy().astype("<i8").tobytes())
+    return h.hexdigest()
 
 
 def _pool_batch(cache: dict[str, torch.Tensor], names: dict[int, str], plan: dict[str, list[int]],
@@ -206,38 +249,99 @@ def _assemble(parts: list[dict[str, torch.Tensor]], scale_names: list[str], meta
 
 
 class _ShardStore:
-    """Batch shards on disk (one safetensors artifact per batch) with a manifest that pins the config."""
+    """Batch shards on disk (one safetensors artifact per batch) with a manifest that pins the configuration.
 
-    def __init__(self, root: Path, meta: dict, n_batches: int) -> None:
-        self.root = root
+    The manifest key holds the capture settings and the batch size; each shard's cfg holds its batch size and
+    document ids. A shard counts as done only if it loads (checksums) and holds exactly the documents, rows and
+    scales of its planned batch.
+    """
+
+    def __init__(self, root: Path, meta: dict, batch_size: int, batches: list[list[int]], rows_per_doc: list[int],
+                 scale_names: list[str]) -> None:
+        self.root, self.batch_size, self.batches = root, batch_size, batches
+        self.rows_per_doc, self.scale_names, self.width = rows_per_doc, scale_names, meta["d_model"]
+        if root.exists() and not root.is_dir():
+            raise ArtifactError(f"shard_dir {root} exists and is not a directory")
         root.mkdir(parents=True, exist_ok=True)
         key = {k: meta[k] for k in ("model_id", "scale_spec_hash", "site", "pooling", "layer_agg", "max_length",
-                                    "corpus_sha256", "prepend_bos")}
-        key["n_batches"] = n_batches
+                                    "corpus_sha256", "n_docs", "input", "prepend_bos", "padding_side")}
+        key["batch_size"] = batch_size
+        key = json.loads(json.dumps(key))
         man = root / "manifest.json"
-        if man.is_file():
-            try:
-                old = json.loads(man.read_text())
-            except json.JSONDecodeError as e:
-                raise ArtifactError(f"{man}: corrupt shard manifest ({e})") from e
-            if old.get("key") != json.loads(json.dumps(key)):
-                raise ArtifactError(f"{root} holds shards of a different capture (model, scales, pooling, corpus or batch "
-                                    f"size differ); use another shard_dir or delete it")
-        else:
+        if not man.is_file():
+            stray = sorted(p.name for p in root.glob("batch-*"))
+            if stray:
+                raise ArtifactError(f"{root} holds shards ({stray[0]}, ...) but no manifest.json, so they cannot be "
+                                    "verified; use another shard_dir or delete it")
             write_json_atomic(man, {"key": key})
+            return
+        try:
+            old = json.loads(man.read_text(encoding="utf-8"))["key"]
+            if not isinstance(old, dict):
+                raise TypeError("key is not an object")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{man}: corrupt shard manifest ({e})") from e
+        if "batch_size" not in old:
+            raise ArtifactError(f"{root} was written by an older msma-lens that did not record the batch size, so its "
+                                "shards cannot be verified; delete it or use another shard_dir")
+        diff = sorted(k for k in set(old) | set(key) if k != "batch_size" and old.get(k) != key.get(k))
+        if diff:
+            raise ArtifactError(f"{root} holds shards of a different capture ({', '.join(diff)} differ); use another "
+                                "shard_dir or delete it")
+        if old["batch_size"] != batch_size:
+            raise ArtifactError(f"{root} holds shards written with batch_size={old['batch_size']}, but this capture uses "
+                                f"batch_size={batch_size}: resume with batch_size={old['batch_size']}, or delete {root} (or use "
+                                "another shard_dir) to start over with the new batch size")
+        extra = sorted(p.name for p in root.glob("batch-*") if not p.name[6:].isdigit() or int(p.name[6:]) >= len(batches))
+        if extra:
+            raise ArtifactError(f"{root} holds shard(s) {extra} beyond the {len(batches)} batches of this capture; "
+                                "use another shard_dir or delete it")
 
     def _path(self, b: int) -> Path:
         return self.root / f"batch-{b:06d}"
 
+    def _check(self, b: int, tensors: dict[str, torch.Tensor], cfg: dict) -> None:
+        """Raise ArtifactError unless shard ``b`` holds exactly the documents, rows and scales of batch ``b``."""
+        path, want = self._path(b), self.batches[b]
+        docs = tensors.get("doc_ids")
+        if cfg.get("doc_ids") != want or cfg.get("batch_size") != self.batch_size or docs is None:
+            raise ArtifactError(f"shard {path} does not hold batch {b} of this capture (documents {want}, batch_size="
+                                f"{self.batch_size}); use another shard_dir or delete it")
+        n = docs.shape[0]
+        if Counter(docs.tolist()) != {d: self.rows_per_doc[d] for d in want}:
+            raise ArtifactError(f"shard {path}: its rows do not match documents {want} (expected "
+                                f"{sum(self.rows_per_doc[d] for d in want)} rows); use another shard_dir or delete it")
+        for k in ["positions", *(f"acts.{s}" for s in self.scale_names)]:
+            t = tensors.get(k)
+            if t is None or t.shape[0] != n or (k != "positions" and tuple(t.shape) != (n, self.width)):
+                raise ArtifactError(f"shard {path}: tensor {k!r} is missing or has the wrong shape "
+                                    f"{None if t is None else tuple(t.shape)}")
+
     def done(self, b: int) -> bool:
-        return (self._path(b) / "cfg.json").is_file()
+        """Whether shard ``b`` is on disk and verified; a damaged one is removed (with a warning) for re-capture."""
+        path = self._path(b)
+        if not path.exists():
+            return False
+        try:
+            tensors, cfg = load_artifact(path, SHARD_KIND)
+        except ArtifactError as e:
+            warnings.warn(f"shard {path} is damaged and is re-captured: {e}", stacklevel=3)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            return False
+        self._check(b, tensors, cfg)
+        return True
 
     def read(self, b: int) -> dict[str, torch.Tensor]:
-        tensors, _ = load_artifact(self._path(b), SHARD_KIND)
+        tensors, cfg = load_artifact(self._path(b), SHARD_KIND)
+        self._check(b, tensors, cfg)
         return tensors
 
     def write(self, b: int, part: dict[str, torch.Tensor]) -> None:
-        save_artifact(self._path(b), SHARD_KIND, part, {"batch": b})
+        save_artifact(self._path(b), SHARD_KIND, part, {"batch": b, "batch_size": self.batch_size,
+                                                         "doc_ids": self.batches[b]})
 
     def finish(self) -> None:
         write_json_atomic(self.root / "complete.json", {"complete": True})

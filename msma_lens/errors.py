@@ -28,3 +28,7 @@ class ArtifactError(MSMAError, ValueError):
 
 class NumericsError(MSMAError, FloatingPointError):
     """NaN or Inf in activations or inputs."""
+
+
+class KVCacheError(MSMAError, RuntimeError):
+    """KV-cached generation disagrees with uncached decoding (a broken library combination)."""

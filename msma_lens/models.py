@@ -121,6 +121,24 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
     return model
 
 
+def load_hf_model(name: str = DEFAULT_MODEL, *, seed: int = 0, n_layers: int | None = None,
+                  d_model: int | None = None) -> tuple[Any, Any]:
+    """A fresh Hugging Face ``(model, tokenizer)`` with the same weights as ``load_model(name)``; no TransformerLens.
+
+    The independent oracle for the TransformerLens paths: Hugging Face's own ``generate`` and forward pass on
+    the weights the lens sees. Offline causal-LM names only (``smollm2-135m``, ``tiny-gpt2``, ``tiny-llama``).
+    """
+    if name in ("tiny-gpt2", "tiny-llama"):
+        with hub_offline():
+            hf, tok, _ = _tiny_hf(name, seed=seed, n_layers=n_layers or 4, d_model=d_model or 64)
+        return hf, tok
+    if name == "smollm2-135m":
+        with hub_offline():
+            hf, tok, _ = _smollm2_hf()
+        return hf, tok
+    raise ConfigError(f"load_hf_model takes an offline causal-LM name ('smollm2-135m', 'tiny-gpt2', 'tiny-llama'), got {name!r}")
+
+
 def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_model: int | None) -> Any:
     if name_or_path in ("tiny-gpt2", "tiny-llama"):
         model = _load_tiny(name_or_path, be, seed=seed, n_layers=n_layers or 4, d_model=d_model or 64)
@@ -362,7 +380,8 @@ def tiny_tokenizer() -> Any:
 _TINY_INIT = 0.1
 
 
-def _load_tiny(name: str, backend: str, *, seed: int, n_layers: int, d_model: int) -> Any:
+def _tiny_hf(name: str, *, seed: int, n_layers: int, d_model: int) -> tuple[Any, Any, str]:
+    """The Hugging Face model behind a tiny random model, its tokenizer and its config directory."""
     if n_layers < 1 or d_model < 8 or d_model % 4:
         raise ConfigError(f"tiny models need n_layers >= 1 and d_model a multiple of 4 (>= 8), got {n_layers}, {d_model}")
     tok = tiny_tokenizer()
@@ -388,5 +407,9 @@ def _load_tiny(name: str, backend: str, *, seed: int, n_layers: int, d_model: in
     local = cache_dir() / "tiny" / f"{name}-{key}"
     if not (local / "config.json").is_file():
         cfg.save_pretrained(str(local))
-    hf.eval()
-    return _wrap_hf(hf, tok, str(local), backend, name)
+    return hf.eval(), tok, str(local)
+
+
+def _load_tiny(name: str, backend: str, *, seed: int, n_layers: int, d_model: int) -> Any:
+    hf, tok, local = _tiny_hf(name, seed=seed, n_layers=n_layers, d_model=d_model)
+    return _wrap_hf(hf, tok, local, backend, name)

@@ -1,6 +1,7 @@
 """Per-scale capture: pairing, padding, BOS exclusion, pooling, sharding, artifacts, bad input."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 import msma_lens.capture as capture_mod
 from msma_lens import MSMA, ArtifactError, ConfigError, NumericsError, ScaleActivations, Scales, _tl
 from msma_lens.capture import capture
+from msma_lens.models import available_backends
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -198,3 +200,196 @@ def test_sharded_capture_resumes_after_interrupt(tiny_gpt2, tmp_path, monkeypatc
     assert torch.equal(resumed.doc_ids, full.doc_ids)
     with pytest.raises(ArtifactError, match="holds shards of a different capture"):
         _cap(tiny_gpt2, batch_size=2, pooling="mean", shard_dir=tmp_path / "shards")
+
+
+# ----- sharded resume: verified per document, never drops rows ----------------------------------------------
+def _count_passes(monkeypatch, fail_at: int | None = None) -> dict:
+    """Count forward passes of capture; raise KeyboardInterrupt on pass ``fail_at`` (1-based)."""
+    real, calls = _tl.run_with_cache, {"n": 0, "fail_at": fail_at}
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(capture_mod._tl, "run_with_cache", counted)
+    return calls
+
+
+def _assert_same(a: ScaleActivations, b: ScaleActivations) -> None:
+    assert torch.equal(a.doc_ids, b.doc_ids) and torch.equal(a.positions, b.positions)
+    for s in SCALES:
+        assert torch.equal(a[s], b[s]), s
+
+
+def test_shard_resume_with_another_batch_size_is_refused_and_loses_nothing(tiny_gpt2, tmp_path, monkeypatch):
+    full = _cap(tiny_gpt2, batch_size=4)
+    d = tmp_path / "shards"
+    calls = _count_passes(monkeypatch, fail_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        _cap(tiny_gpt2, batch_size=4, shard_dir=d)  # batch 0 (4 documents) on disk, batch 1 lost
+    cfg = json.loads((d / "batch-000000" / "cfg.json").read_text())
+    assert cfg["batch_size"] == 4 and len(cfg["doc_ids"]) == 4
+    calls.update(n=0, fail_at=None)
+    # batch_size=3 also gives 2 batches: the old code skipped "batch 0" and lost a document
+    for bs in (3, 2):
+        with pytest.raises(ArtifactError, match=rf"{d}.*batch_size=4, but this capture uses batch_size={bs}"):
+            _cap(tiny_gpt2, batch_size=bs, shard_dir=d)
+    assert calls["n"] == 0 and sorted(p.name for p in d.glob("batch-*")) == ["batch-000000"]
+    resumed = _cap(tiny_gpt2, batch_size=4, shard_dir=d)
+    assert calls["n"] == 1
+    _assert_same(resumed, full)
+    assert resumed.n_docs == len(TEXTS)
+
+
+def test_damaged_or_foreign_shards_are_detected(tiny_gpt2, tmp_path, monkeypatch):
+    d = tmp_path / "shards"
+    full = _cap(tiny_gpt2, batch_size=2, shard_dir=d)  # 3 shards
+    calls = _count_passes(monkeypatch)
+    t = d / "batch-000001" / "tensors.safetensors"
+    raw = bytearray(t.read_bytes())
+    raw[-10] ^= 0xFF
+    t.write_bytes(bytes(raw))
+    (d / "batch-000000" / "tensors.safetensors").unlink()
+    shutil.rmtree(d / "batch-000002")
+    with pytest.warns(UserWarning) as rec:
+        again = _cap(tiny_gpt2, batch_size=2, shard_dir=d)
+    damaged = sorted(str(w.message).split(" is damaged")[0][-12:] for w in rec if "is damaged" in str(w.message))
+    assert damaged == ["batch-000000", "batch-000001"]  # named; the deleted batch-000002 is simply re-captured
+    assert calls["n"] == 3  # all three re-captured, in the same batches
+    _assert_same(again, full)
+    # an intact shard in the wrong place (documents of another batch) is refused, not assembled
+    shutil.rmtree(d / "batch-000001")
+    shutil.copytree(d / "batch-000000", d / "batch-000001")
+    with pytest.raises(ArtifactError, match=r"shard .*batch-000001 does not hold batch 1"):
+        _cap(tiny_gpt2, batch_size=2, shard_dir=d)
+    # a manifest of the old format (no batch size) cannot be verified
+    man = d / "manifest.json"
+    key = json.loads(man.read_text())["key"]
+    key.pop("batch_size")
+    man.write_text(json.dumps({"key": {**key, "n_batches": 3}}))
+    with pytest.raises(ArtifactError, match=rf"{d} was written by an older msma-lens .* batch size"):
+        _cap(tiny_gpt2, batch_size=2, shard_dir=d)
+
+
+def test_sharded_resume_with_same_settings_skips_done_batches(tiny_gpt2, tmp_path, monkeypatch):
+    full = _cap(tiny_gpt2, batch_size=1, pooling="mean")
+    d = tmp_path / "shards"
+    calls = _count_passes(monkeypatch, fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        _cap(tiny_gpt2, batch_size=1, pooling="mean", shard_dir=d)
+    calls.update(n=0, fail_at=None)
+    resumed = _cap(tiny_gpt2, batch_size=1, pooling="mean", shard_dir=d)
+    assert calls["n"] == len(TEXTS) - 2  # only the 3 missing documents
+    _assert_same(resumed, full)
+    calls["n"] = 0
+    _assert_same(_cap(tiny_gpt2, batch_size=1, pooling="mean", shard_dir=d), full)
+    assert calls["n"] == 0 and (d / "complete.json").is_file()
+    with pytest.raises(ArtifactError, match="holds shards of a different capture .*padding_side"):
+        _cap(tiny_gpt2, batch_size=1, pooling="mean", padding_side="left", shard_dir=d)
+
+
+# ----- token-id input -------------------------------------------------------------------------------------
+def test_token_ids_equal_text_capture(tiny_model):
+    text = _cap(tiny_model, batch_size=2)
+    toks, mask, _ = _tl.to_tokens(tiny_model, TEXTS)
+    ids = capture(tiny_model, SCALES, toks, attention_mask=mask, batch_size=2, progress=False)
+    assert torch.equal(ids.doc_ids, text.doc_ids) and torch.equal(ids.positions, text.positions)
+    for s in SCALES:
+        torch.testing.assert_close(ids[s], text[s], atol=1e-5, rtol=1e-5)
+    assert ids.meta["input"] == "token_ids" and ids.meta["corpus_sha256"] != text.meta["corpus_sha256"]
+    # one document from the model's own to_tokens (BOS included, no padding, no mask needed)
+    one = MSMA(tiny_model, SCALES).capture(tiny_model.to_tokens(TEXTS[1]), progress=False)
+    assert one.doc_ids.eq(0).all() and torch.equal(one.positions, text.positions[text.doc_ids == 1])
+    torch.testing.assert_close(one["global"], text["global"][text.doc_ids == 1], atol=1e-5, rtol=1e-5)
+    for pooling in ("mean", "last"):
+        a = capture(tiny_model, SCALES, toks, attention_mask=mask, pooling=pooling, progress=False)
+        b = _cap(tiny_model, pooling=pooling)
+        torch.testing.assert_close(a["local"], b["local"], atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_token_ids_equal_right_padded(tiny_model):
+    right = _tl.to_tokens(tiny_model, TEXTS, padding_side="right")
+    left = _tl.to_tokens(tiny_model, TEXTS, padding_side="left")
+    assert not torch.equal(right[0], left[0])
+    r = capture(tiny_model, SCALES, right[0], attention_mask=right[1], progress=False)
+    lf = capture(tiny_model, SCALES, left[0], attention_mask=left[1].bool(), progress=False)
+    _assert_same(r, lf)
+    assert r.meta["corpus_sha256"] == lf.meta["corpus_sha256"]
+    assert len(r) == int(right[1].sum()) - len(TEXTS)  # every attended token but the leading BOS
+
+
+def test_model_without_tokenizer_takes_token_ids(tiny_gpt2, monkeypatch):
+    toks, mask, _ = _tl.to_tokens(tiny_gpt2, TEXTS, padding_side="left")
+    with_tok = capture(tiny_gpt2, SCALES, toks, attention_mask=mask, progress=False)
+    monkeypatch.setattr(tiny_gpt2, "tokenizer", None)
+    with pytest.raises(ConfigError, match="has no tokenizer, so it cannot take text: pass token ids"):
+        capture(tiny_gpt2, SCALES, TEXTS, progress=False)
+    with pytest.raises(ConfigError, match="has no tokenizer"):
+        _tl.token_lengths(tiny_gpt2, TEXTS)
+    acts = capture(tiny_gpt2, SCALES, toks, attention_mask=mask, progress=False)
+    assert len(acts) == int(mask.sum())  # no tokenizer: nothing is known to be BOS, every attended token is a row
+    assert acts.positions.min() == 0
+    keep = acts.positions > 0
+    assert torch.equal(acts.doc_ids[keep], with_tok.doc_ids) and torch.equal(acts.positions[keep], with_tok.positions)
+    for s in SCALES:
+        torch.testing.assert_close(acts[s][keep], with_tok[s], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif("hooked" not in available_backends(), reason="HookedTransformer needs TransformerLens < 4")
+def test_hooked_transformer_without_tokenizer():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=4, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_vocab=100, act_fn="gelu",
+                                  normalization_type="LN")
+    model = HookedTransformer(cfg).eval()
+    assert model.tokenizer is None
+    with pytest.raises(ConfigError, match="HookedTransformer has no tokenizer, so it cannot take text"):
+        capture(model, SCALES, TEXTS, progress=False)
+    toks = torch.randint(0, 100, (3, 9))
+    mask = torch.ones_like(toks)
+    mask[1, 6:] = 0
+    acts = capture(model, SCALES, toks, attention_mask=mask, pooling="token", batch_size=2, progress=False)
+    assert len(acts) == 9 + 6 + 9
+    _, cache = model.run_with_cache(toks[1:2, :6], names_filter="blocks.1.hook_resid_post")
+    torch.testing.assert_close(acts["intermediate"][acts.doc_ids == 1], cache["blocks.1.hook_resid_post"][0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="outside the vocabulary 0..99"):
+        capture(model, SCALES, toks + 100, progress=False)
+
+
+_TOKS = torch.tensor([[0, 42, 75, 262], [0, 288, 280, 2]])
+
+
+@pytest.mark.parametrize("tokens, kw, match", [
+    (_TOKS.float(), {}, r"texts \(token ids\) must hold integer token ids \(torch.long\), got dtype torch.float32"),
+    (_TOKS[0], {}, r"texts \(token ids\) must be a \[batch, pos\] tensor of token ids, got shape \(4,\).*unsqueeze"),
+    (_TOKS[:0], {}, r"texts \(token ids\) is empty"),
+    (_TOKS, {"attention_mask": torch.ones(2, 3)}, r"attention_mask has shape \(2, 3\), expected \(2, 4\)"),
+    (_TOKS, {"attention_mask": torch.ones(2, 4)}, "attention_mask must be a bool or integer tensor of 0/1, got dtype torch.float32"),
+    (_TOKS, {"attention_mask": [[1, 1, 1, 1]] * 2}, "attention_mask must be a torch.Tensor, got list"),
+    (_TOKS, {"attention_mask": torch.tensor([[1, 1, 2, 1], [1, 1, 1, 1]])}, r"attention_mask must hold only 0 and 1, found \[2\]"),
+    (_TOKS, {"attention_mask": torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1]])}, "attention_mask row 1 has gaps"),
+    (_TOKS, {"attention_mask": torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])}, "attention_mask row 1 has no attended tokens"),
+    (_TOKS * 1000, {}, r"texts \(token ids\) row 0 holds token id 42000, outside the vocabulary"),
+    (TEXTS, {"attention_mask": torch.ones(5, 4, dtype=torch.long)}, "attention_mask is only for token-id input"),
+    ("tokens", {}, "not a single string"),
+])
+def test_bad_token_input(tiny_gpt2, tokens, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        capture(tiny_gpt2, SCALES, tokens, progress=False, **kw)
+
+
+@pytest.mark.slow
+def test_encoder_token_ids_exclude_cls_and_sep():
+    from msma_lens.models import load_model
+
+    model = load_model("minilm-l6")
+    sc = Scales.from_ranges({"low": (0, 1), "high": (2, 5)})
+    text = capture(model, sc, TEXTS[:3], progress=False)
+    toks, mask, _ = _tl.to_tokens(model, TEXTS[:3], padding_side="left")
+    ids = capture(model, sc, toks, attention_mask=mask, progress=False)
+    assert len(ids) == int(mask.sum()) - 2 * 3  # [CLS] and [SEP] of each document excluded
+    assert torch.equal(ids.doc_ids, text.doc_ids) and torch.equal(ids.positions, text.positions)
+    torch.testing.assert_close(ids["high"], text["high"], atol=1e-5, rtol=1e-5)
