@@ -420,16 +420,41 @@ def decode(model: Any, ids: list[int]) -> str:
     return model.tokenizer.decode(ids)
 
 
-def generate_tokens(model: Any, prompts: list[str], *, max_new_tokens: int, do_sample: bool, use_past_kv_cache: bool,
-                    stop_at_eos: bool, temperature: float = 1.0, top_k: int | None = None,
+def generate_tokens(model: Any, prompts: list[str] | list[list[int]], *, max_new_tokens: int, do_sample: bool,
+                    use_past_kv_cache: bool, stop_at_eos: bool, temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None) -> torch.Tensor:
-    """``model.generate`` on a list of strings, left-padded, returning ``[B, P + n]`` token ids.
+    """``model.generate`` on a list of strings or of token-id rows, left-padded, returning ``[B, P + n]`` token ids.
 
     TL 3.x/4.x force left padding for batched lists; TL 2.x pads on the tokenizer's side (right), which would
-    generate after the padding, so left padding is requested explicitly.
+    generate after the padding, so left padding is requested explicitly. Token rows of different lengths are
+    left-padded and passed with an ``attention_mask``, which only ``TransformerBridge.generate`` accepts.
     """
-    kw: dict[str, Any] = {"padding_side": "left"} if len(prompts) > 1 else {}
-    out = model.generate(prompts, max_new_tokens=max_new_tokens, do_sample=do_sample, use_past_kv_cache=use_past_kv_cache,
+    kw: dict[str, Any] = {}
+    if prompts and not isinstance(prompts[0], str):
+        lengths = [len(r) for r in prompts]
+        P = max(lengths)
+        tok = getattr(model, "tokenizer", None)
+        pad = getattr(tok, "pad_token_id", None) if tok is not None else None
+        pad = pad if pad is not None else (eos_token_id(model) or 0)
+        inp = torch.full((len(prompts), P), int(pad), dtype=torch.long)
+        mask = torch.zeros((len(prompts), P), dtype=torch.long)
+        for i, r in enumerate(prompts):
+            inp[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, P - len(r):] = 1
+        inp = inp.to(model_device(model))
+        if min(lengths) != P:
+            import inspect
+
+            if "attention_mask" not in inspect.signature(model.generate).parameters:
+                raise ConfigError(f"{type(model).__name__}.generate takes no attention_mask, so token-id prompts of "
+                                  f"different lengths ({sorted(set(lengths))}) cannot be batched; pass rows of equal "
+                                  "length, or text")
+            kw["attention_mask"] = mask.to(model_device(model))
+    else:
+        inp = prompts
+        if len(prompts) > 1:
+            kw["padding_side"] = "left"
+    out = model.generate(inp, max_new_tokens=max_new_tokens, do_sample=do_sample, use_past_kv_cache=use_past_kv_cache,
                          stop_at_eos=stop_at_eos, temperature=temperature, top_k=top_k, top_p=top_p,
                          return_type="tokens", verbose=False, **kw)
     if not isinstance(out, torch.Tensor):  # ModelOutput-like (output_logits) or tuple

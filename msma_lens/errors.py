@@ -32,3 +32,7 @@ class NumericsError(MSMAError, FloatingPointError):
 
 class KVCacheError(MSMAError, RuntimeError):
     """KV-cached generation disagrees with uncached decoding (a broken library combination)."""
+
+
+class DegenerateBaselineError(MSMAError, RuntimeError):
+    """The unsteered generations are degenerate, so no steering effect measured against them means anything."""

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _tl
-from .errors import ConfigError, KVCacheError
+from .errors import ConfigError, HookError, KVCacheError
 
 KV_POLICIES = ("fallback", "error", "off")
 # relative tolerance on max |Δ logit| / max |logit|: float32 disagreements are ~1e-6, a broken cache gives O(1)
@@ -62,7 +62,10 @@ def check_kv_cache(model: Any, *, steps: int = 3) -> KVCheck:
         return KVCheck(ok=None, versions=versions, note="encoder model: no generation")
     t0 = time.perf_counter()
     tokens = _tl.kv_probe_tokens(model)
-    cached, uncached, seq = _tl.kv_decoding_logits(model, tokens, steps)
+    try:
+        cached, uncached, seq = _tl.kv_decoding_logits(model, tokens, steps)
+    except (ConfigError, HookError, NotImplementedError) as e:  # no unembedding module, or generate unsupported
+        return KVCheck(ok=None, versions=versions, note=f"cannot run on {type(model).__name__}: {e}")
     diff = (cached - uncached).abs().amax(dim=(0, 2))  # per step
     scale = float(uncached.abs().max())
     rtol = _RTOL.get(str(_tl.model_dtype(model)).removeprefix("torch."), _RTOL_LOW_PRECISION)

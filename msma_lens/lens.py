@@ -11,6 +11,7 @@ from . import _tl
 from .activations import ScaleActivations
 from .alignment import AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
 from .capture import capture as _capture
+from .guard import guard_generation
 from .scales import Scales
 
 
@@ -21,8 +22,10 @@ class MSMA:
     >>> acts = lens.capture(load_corpus().texts, pooling="token")
     """
 
-    def __init__(self, model: Any, scales: Scales | str | dict | None = None, *, site: str = "resid_post") -> None:
+    def __init__(self, model: Any, scales: Scales | str | dict | None = None, *, site: str = "resid_post",
+                 kv_check: str = "fallback") -> None:
         _tl.check_model(model)
+        guard_generation(model, kv_check)  # once per model: a no-op when load_model already checked it
         self.model = model
         self.scales = Scales.coerce(scales, _tl.n_layers(model))
         self.site = site

@@ -26,6 +26,7 @@ from . import _tl
 from ._hub import hub_offline, hub_reachable
 from .artifacts import sha256_file, write_json_atomic
 from .errors import ConfigError, ModelLoadError
+from .guard import KV_POLICIES, guard_generation
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -99,12 +100,17 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-               backend: str = "auto", seed: int = 0, n_layers: int | None = None, d_model: int | None = None) -> Any:
+               backend: str = "auto", seed: int = 0, n_layers: int | None = None, d_model: int | None = None,
+               kv_check: str = "fallback") -> Any:
     """Load a model by offline name, Hugging Face id, local directory or ``.gguf`` path.
 
     ``backend``: ``"bridge"`` (TransformerBridge, TL >= 3), ``"hooked"`` (HookedTransformer, TL < 4) or
-    ``"auto"``. ``seed``/``n_layers``/``d_model`` apply to the tiny random models only.
+    ``"auto"``. ``seed``/``n_layers``/``d_model`` apply to the tiny random models only. ``kv_check``: the
+    KV-cache self-check run on every load (:func:`msma_lens.guard.guard_generation`): ``"fallback"`` switches a
+    model whose cached decoding is broken to uncached decoding with a warning, ``"error"`` raises, ``"off"`` skips.
     """
+    if kv_check not in KV_POLICIES:
+        raise ConfigError(f"kv_check must be one of {list(KV_POLICIES)}, got {kv_check!r}")
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ConfigError(f"model name must be a non-empty string, got {name_or_path!r}")
     be = _resolve_backend(backend)
@@ -118,6 +124,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
         model = model.to(torch.device(device))
     if dt != torch.float32:
         model = model.to(dt)  # separate calls: HookedTransformer 2.x's .to() takes no keywords
+    guard_generation(model, kv_check)
     return model
 
 

@@ -24,7 +24,8 @@ import torch
 from . import _tl, stats
 from .activations import POOLINGS, ScaleActivations
 from .artifacts import write_csv_atomic, write_json_atomic, write_text_atomic
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, DegenerateBaselineError
+from .guard import kv_cache_usable
 from .interventions import (
     AttentionEdit,
     GaussianNoise,
@@ -41,10 +42,13 @@ from .interventions import (
 from .scales import Scales
 
 __all__ = [
+    "BASELINE_MAX_PPL_RATIO",
     "DEFAULT_METRICS",
     "DEFAULT_STRENGTHS",
     "INTERVENTION_KINDS",
     "ExperimentResult",
+    "check_baseline",
+    "corpus_perplexity",
     "GenerationCapture",
     "GenerationResult",
     "generate",
@@ -176,8 +180,9 @@ def generate(
     prompts: str | Sequence[str],
     interventions: Intervention | Sequence[Intervention] | None = (),
     *,
-    max_new_tokens: int,
-    do_sample: bool,
+    max_new_tokens: int = 20,
+    do_sample: bool = False,
+    attention_mask: torch.Tensor | None = None,
     seed: int = 0,
     scales: Any = None,
     phase: str = "both",
@@ -202,7 +207,17 @@ def generate(
     if _tl.is_encoder(model):
         raise ConfigError(f"{_tl.provenance(model)['model_id']} is an encoder (BERT-style) model and cannot generate; "
                           "apply interventions to its forward passes with steer() instead")
-    prompts = _check_prompts(prompts)
+    if isinstance(prompts, torch.Tensor):  # token ids [B, P] (+ attention_mask), used as they are (no BOS added)
+        rows, _ = _tl.token_rows(model, prompts, attention_mask, arg="prompts")
+        prompt_input: Any = rows
+        prompts = [_tl.decode(model, r) if getattr(model, "tokenizer", None) is not None else "" for r in rows]
+        lengths = [len(r) for r in rows]
+    else:
+        if attention_mask is not None:
+            raise ConfigError("attention_mask goes with token-id prompts ([batch, pos] tensor), not with text")
+        prompts = _check_prompts(prompts)
+        prompt_input = prompts
+        lengths = _tl.prompt_lengths(model, prompts)
     _check_int(max_new_tokens, "max_new_tokens", 1)
     if not isinstance(do_sample, bool):
         raise ConfigError(f"do_sample must be True or False, got {do_sample!r}")
@@ -214,8 +229,9 @@ def generate(
     sc = Scales.coerce(scales, n_layers)
     cap_names = _capture_scale_names(capture_scales, sc)
     cap_layers = sorted({x for s in cap_names for x in sc[s]})
-    lengths = _tl.prompt_lengths(model, prompts)
     B, P = len(prompts), max(lengths)
+    kv_ok = kv_cache_usable(model)
+    use_past_kv_cache = bool(use_past_kv_cache and kv_ok)
     mask = torch.zeros(B, P, dtype=torch.bool)
     for i, n in enumerate(lengths):
         mask[i, P - n:] = True
@@ -225,7 +241,7 @@ def generate(
                 capture_layers=cap_layers, capture_site=capture_site, max_steps=max_new_tokens,
                 prompt_lengths=lengths) as (record, session):
         with _Seeded(seed, _tl.model_device(model)):
-            tokens = _tl.generate_tokens(model, prompts, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            tokens = _tl.generate_tokens(model, prompt_input, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                          use_past_kv_cache=use_past_kv_cache, stop_at_eos=stop_at_eos,
                                          temperature=temperature, top_k=top_k, top_p=top_p)
     tokens = tokens.detach().cpu()
@@ -239,7 +255,8 @@ def generate(
         texts.append(_tl.decode(model, ids))
     settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, "use_past_kv_cache": use_past_kv_cache,
                 "stop_at_eos": stop_at_eos, "temperature": temperature, "top_k": top_k, "top_p": top_p, "phase": phase,
-                "scales": sc.to_dict(), **_tl.provenance(model)}
+                "scales": sc.to_dict(), "input": "token_ids" if prompt_input is not prompts else "text",
+                "kv_cache_fallback": not kv_ok, **_tl.provenance(model)}
     capture = None
     if cap_names:
         capture = _assemble_capture(session, sc, cap_names, tokens, P, eos, settings, capture_site, bos)
@@ -339,6 +356,10 @@ class ExperimentResult:
         head = (f"{'scale':<13}{'intervention':<13}{'strength':>9}  {'metric':<22}{'baseline':>9}{'steered':>9}"
                 f"{'%change':>9}{'effect':>8}{'95% CI':>17}{'p_holm':>9}")
         lines = [head]
+        bc = self.config.get("baseline_check")
+        if bc:
+            lines.insert(0, f"baseline check: median perplexity of unsteered samples {bc['baseline_median_perplexity']:.1f} vs "
+                            f"{bc['corpus_median_perplexity']:.1f} on corpus text (ratio {bc['ratio']:.2f}, limit {bc['max_ratio']:g})")
         for r in rows:
             ci = f"[{_fmt(r['effect_ci_lo'])}, {_fmt(r['effect_ci_hi'])}]"
             lines.append(f"{r['scale']:<13}{r['intervention']:<13}{r['strength']:>9g}  {r['metric']:<22}"
@@ -473,6 +494,58 @@ def _compare(steered: list[float], base: list[float], effect: str, test: str, n_
             "p_value": p}
 
 
+BASELINE_MAX_PPL_RATIO = 5.0
+
+
+def corpus_perplexity(model: Any, n_docs: int = 8, prompt_words: int = 6, continuation_words: int = 40) -> float:
+    """Median perplexity of the model on bundled-corpus text: ``n_docs`` documents spread over the topics, each
+    split into a ``prompt_words`` prompt and the next ``continuation_words`` words (one uncached forward pass each)."""
+    from .corpus import load_corpus
+    from .text import continuation_perplexity
+
+    texts = load_corpus().texts
+    step = max(1, len(texts) // n_docs)
+    prompts, conts = [], []
+    for t in texts[::step][:n_docs]:
+        w = t.split()
+        prompts.append(" ".join(w[:prompt_words]))
+        conts.append(" " + " ".join(w[prompt_words:prompt_words + continuation_words]))
+    return float(torch.tensor(continuation_perplexity(model, prompts, conts), dtype=torch.float64).median())
+
+
+def check_baseline(model: Any, prompts: Sequence[str], texts: Sequence[str], *, max_ratio: float = BASELINE_MAX_PPL_RATIO,
+                   perplexities: Sequence[float] | None = None) -> dict:
+    """Refuse a degenerate unsteered baseline before any steering effect is computed against it.
+
+    Compares the median perplexity of the baseline continuations (given their prompts, uncached forward passes)
+    with :func:`corpus_perplexity`. A healthy model's own samples score at or below its corpus perplexity; broken
+    generation (e.g. a corrupted KV cache: " Paris-----------") scores orders of magnitude above. Raises
+    DegenerateBaselineError naming both numbers and showing samples when the ratio exceeds ``max_ratio`` or every
+    continuation is empty; returns the numbers otherwise.
+    """
+    from .text import continuation_perplexity
+
+    if not (isinstance(max_ratio, (int, float)) and max_ratio > 0):
+        raise ConfigError(f"baseline_check must be a positive ratio or None, got {max_ratio!r}")
+    if perplexities is None:
+        perplexities = continuation_perplexity(model, list(prompts), list(texts))
+    vals = torch.tensor([float(v) for v in perplexities], dtype=torch.float64)
+    finite = vals[torch.isfinite(vals)]
+    ref = corpus_perplexity(model)
+    base = float(finite.median()) if finite.numel() else math.inf
+    ratio = base / ref
+    info = {"baseline_median_perplexity": base, "corpus_median_perplexity": ref, "ratio": ratio, "max_ratio": float(max_ratio),
+            "n_samples": len(texts), "n_empty": int(vals.numel() - finite.numel())}
+    if not ratio <= max_ratio:
+        shown = "; ".join(repr(t[:80]) for t in list(texts)[:3])
+        raise DegenerateBaselineError(
+            f"the unsteered baseline is degenerate: median perplexity {base:.1f} of its {len(texts)} samples vs {ref:.1f} on "
+            f"corpus text (ratio {ratio:.1f} > {max_ratio:g}; {info['n_empty']} empty). Generation itself is broken, so no "
+            f"steering effect is reported. Samples: {shown}. Check msma_lens.guard.check_kv_cache(model) and the installed "
+            f"versions {_tl.library_versions()}.")
+    return info
+
+
 def run_experiment(
     model: Any,
     prompts: Sequence[str],
@@ -500,6 +573,7 @@ def run_experiment(
     n_boot: int = 1000,
     alpha: float = 0.05,
     progress: bool = True,
+    baseline_check: float | None = BASELINE_MAX_PPL_RATIO,
 ) -> ExperimentResult:
     """prompts × scales × interventions × strengths × seeds → per-metric changes vs the unsteered baseline.
 
@@ -510,6 +584,8 @@ def run_experiment(
     same sampling seed in the baseline and every steered run, so samples are paired (``test="paired"``; or
     ``"welch"``). ``metrics``: names from :data:`msma_lens.text.TEXT_METRICS` (default :data:`DEFAULT_METRICS`).
     ``progress``: a tqdm bar on stderr over the grid cells (baseline per seed, then scale × kind × strength × seed).
+    ``baseline_check``: before any steered run, :func:`check_baseline` compares the unsteered samples' median
+    perplexity with the model's on corpus text and raises DegenerateBaselineError above this ratio (None: skip).
     """
     from .text import TEXT_METRICS, text_metrics
 
@@ -583,6 +659,17 @@ def run_experiment(
                             "text": text, **vals})
         if bar is not None:
             bar.update()
+    sanity = None
+    if baseline_check is not None:
+        base_rows = [r for r in samples if r["intervention"] == "baseline"]
+        ppl = [r["perplexity"] for r in base_rows] if want_model else None
+        try:
+            sanity = check_baseline(model, [prompts[r["prompt_index"]] for r in base_rows], [r["text"] for r in base_rows],
+                                    max_ratio=baseline_check, perplexities=ppl)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
     steered: dict[tuple, dict[tuple[int, int], dict]] = {}
     for s, k, st, seed in jobs:
         fac = factories[k]
@@ -611,7 +698,7 @@ def run_experiment(
     for r, p in zip(table, adj):
         r["p_holm"] = float(p)
         r["significant"] = bool(math.isfinite(p) and p < alpha)
-    config = {"prompts": prompts, "scales": sc.to_dict(), "scales_used": scale_names, "interventions": list(factories),
+    config = {"baseline_check": sanity, "prompts": prompts, "scales": sc.to_dict(), "scales_used": scale_names, "interventions": list(factories),
               "strengths": grid_strengths, "seeds": seeds, "metrics": metric_names, "effect": effect, "test": test,
               "n_boot": n_boot, "alpha": alpha, "max_new_tokens": max_new_tokens, "do_sample": do_sample,
               "temperature": temperature, "top_p": top_p, "top_k": top_k, "phase": phase, "batch_size": batch_size,

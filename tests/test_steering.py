@@ -271,3 +271,56 @@ def test_run_experiment_progress_bar_over_grid_cells(tiny_gpt2, capsys):
     off = run_experiment(tiny_gpt2, PROMPTS[:2], progress=False, **kw)
     assert capsys.readouterr().err == ""
     assert [s["text"] for s in on.samples] == [s["text"] for s in off.samples]
+
+
+# ----- the degenerate-baseline guard ---------------------------------------------------------------------------
+def test_experiment_records_the_baseline_check(tiny_gpt2):
+    from msma_lens.steering import run_experiment
+
+    res = run_experiment(tiny_gpt2, ["The team won", "Rain fell on"], interventions=["scale"], strengths={"scale": [1.5]},
+                         metrics=["ttr", "perplexity"], max_new_tokens=6, n_boot=0, progress=False, do_sample=False)
+    bc = res.config["baseline_check"]
+    assert bc["n_samples"] == 2 and bc["ratio"] == pytest.approx(bc["baseline_median_perplexity"] / bc["corpus_median_perplexity"])
+    base = [r["perplexity"] for r in res.samples if r["intervention"] == "baseline"]
+    assert bc["baseline_median_perplexity"] == pytest.approx(float(torch.tensor(base, dtype=torch.float64).median()))
+    assert "baseline check: median perplexity" in res.format()
+
+
+def test_degenerate_baseline_stops_the_experiment_before_any_steering(tiny_gpt2, monkeypatch):
+    from msma_lens import steering
+    from msma_lens.errors import DegenerateBaselineError
+
+    calls = []
+    real = steering.generate
+    monkeypatch.setattr(steering, "generate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    with pytest.raises(DegenerateBaselineError, match=r"baseline is degenerate: median perplexity [\d.]+ of its 2 samples vs "
+                                                      r"[\d.]+ on corpus text \(ratio [\d.]+ > 1e-06"):
+        steering.run_experiment(tiny_gpt2, ["The team won", "Rain fell on"], interventions=["scale"],
+                                strengths={"scale": [1.5]}, metrics=["ttr"], max_new_tokens=6, n_boot=0, progress=False,
+                                baseline_check=1e-6)
+    assert calls == [[]]  # only the baseline ran: nothing steered was generated
+    with pytest.raises(ConfigError, match="baseline_check must be a positive ratio"):
+        steering.check_baseline(tiny_gpt2, ["a"], ["b"], max_ratio=0)
+
+
+def test_all_empty_baseline_is_degenerate(tiny_gpt2):
+    from msma_lens.errors import DegenerateBaselineError
+    from msma_lens.steering import check_baseline
+
+    with pytest.raises(DegenerateBaselineError, match="2 empty"):
+        check_baseline(tiny_gpt2, ["The team won", "Rain fell on"], ["", ""])
+
+
+@pytest.mark.slow
+def test_smollm2_baseline_check_passes_real_text_and_rejects_garbage(smollm2):
+    from msma_lens import MSMA
+    from msma_lens.errors import DegenerateBaselineError
+    from msma_lens.steering import check_baseline
+
+    prompts = ["The weather today is", "My favourite food is", "The meeting was moved because"]
+    res = MSMA(smollm2).generate(prompts, max_new_tokens=24, do_sample=True, top_p=0.9, seed=0)
+    ok = check_baseline(smollm2, prompts, res.texts)
+    assert ok["ratio"] < 1.5 and 5 < ok["corpus_median_perplexity"] < 100, ok
+    garbage = [" the_topic- was- teststopic to common-- to- about", " Paris-----------------", " ,,, of of the the ;;"]
+    with pytest.raises(DegenerateBaselineError, match="Samples: ' the_topic- was-"):
+        check_baseline(smollm2, prompts, garbage)
