@@ -500,8 +500,9 @@ def kv_decoding_logits(model: Any, tokens: torch.Tensor, steps: int) -> tuple[to
     handle = unembed.register_forward_hook(lambda mod, args, out: seen.append(out[:, -1:].detach().float().clone()))
     try:
         with torch.no_grad():
-            seq = model.generate(tokens, max_new_tokens=steps, do_sample=False, use_past_kv_cache=True, stop_at_eos=False,
-                                 return_type="tokens", verbose=False)
+            raw = getattr(model.generate, "__wrapped__", model.generate)  # past force_uncached_generation
+            seq = raw(tokens, max_new_tokens=steps, do_sample=False, use_past_kv_cache=True, stop_at_eos=False,
+                      return_type="tokens", verbose=False)
     finally:
         handle.remove()
     if not isinstance(seq, torch.Tensor):

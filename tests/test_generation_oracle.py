@@ -34,7 +34,9 @@ def _check_against_hf(model, name: str, prompts=PROMPTS, n: int = N_NEW) -> None
         assert ids[0, 0].item() == tok.bos_token_id
         want = _hf_greedy(hf, tok, ids, n)
         assert len(want) >= 4, f"HF stopped after {len(want)} tokens for {p!r}: a weak oracle"
-        direct = model.generate(ids, max_new_tokens=n, do_sample=False, verbose=False, return_type="tokens")
+        # TransformerLens's own generate (KV cache on), past any fallback the guard may have installed on the instance
+        raw = getattr(model.generate, "__wrapped__", model.generate)
+        direct = raw(ids, max_new_tokens=n, do_sample=False, verbose=False, return_type="tokens")
         assert _cut(direct[0, ids.shape[1]:].tolist(), eos) == want, f"model.generate differs from HF for {p!r}"
         res = lens.generate([p], max_new_tokens=n, do_sample=False)
         assert res.generated[0] == want, f"lens.generate differs from HF for {p!r}"
@@ -71,16 +73,19 @@ def test_oracle_is_sensitive_tiny_models_do_not_just_repeat(tiny_model):
 
 
 @pytest.mark.slow
+@pytest.mark.oracle
 def test_smollm2_greedy_generation_equals_hugging_face(smollm2):
     _check_against_hf(smollm2, "smollm2-135m", prompts=["The capital of France is", *PROMPTS[:2]], n=16)
 
 
 @pytest.mark.slow
+@pytest.mark.oracle
 def test_smollm2_kv_cached_logits_equal_uncached_and_hugging_face(smollm2):
     _check_logits(smollm2, "smollm2-135m", atol=2e-3)  # |logit| ~ 30; bridge eager vs HF sdpa ~ 5e-5
 
 
 @pytest.mark.slow
+@pytest.mark.oracle
 def test_smollm2_answers_paris(smollm2):
     res = MSMA(smollm2).generate(["The capital of France is"], max_new_tokens=6)
     assert "Paris" in res.texts[0] and "---" not in res.texts[0], res.texts[0]
