@@ -500,7 +500,7 @@ def kv_decoding_logits(model: Any, tokens: torch.Tensor, steps: int) -> tuple[to
     handle = unembed.register_forward_hook(lambda mod, args, out: seen.append(out[:, -1:].detach().float().clone()))
     try:
         with torch.no_grad():
-            raw = getattr(model.generate, "__wrapped__", model.generate)  # past force_uncached_generation
+            raw = original_generate(model)
             seq = raw(tokens, max_new_tokens=steps, do_sample=False, use_past_kv_cache=True, stop_at_eos=False,
                       return_type="tokens", verbose=False)
     finally:
@@ -529,6 +529,73 @@ def force_uncached_generation(model: Any, message: str) -> None:
         return original(*args, **kwargs)
 
     generate.__doc__ = getattr(original, "__doc__", None)
-    generate.__wrapped__ = original  # type: ignore[attr-defined]
+    generate.__wrapped__ = original  # type: ignore[attr-defined]  # inspect.signature shows the real one
+    generate.msma_original = original  # type: ignore[attr-defined]
     model.generate = generate
     model.msma_uncached_generation = True
+
+
+def original_generate(model: Any) -> Callable:
+    """The model's own bound ``generate``, past a fallback installed by :func:`force_uncached_generation`."""
+    return getattr(model.generate, "msma_original", model.generate)
+
+
+# ----- extra hook points (hookpoints.py) -------------------------------------------------------------------
+def new_hook_point() -> torch.nn.Module:
+    """A fresh TransformerLens ``HookPoint``."""
+    from transformer_lens.hook_points import HookPoint
+
+    return HookPoint()
+
+
+def has_hooks(hook_point: torch.nn.Module) -> bool:
+    """Whether anything (a cache, a user's hook, a steering edit) is attached to ``hook_point``."""
+    return bool(hook_point._forward_hooks)
+
+
+def attach_hook_module(model: Any, name: str, module: torch.nn.Module) -> None:
+    """Add ``module`` as ``model.<name>`` so that its HookPoints appear in ``model.hook_dict`` as ``<name>.<...>``.
+
+    TransformerBridge registers a component's ``get_hooks()`` in its hook registry on attribute assignment;
+    HookedTransformer rebuilds ``hook_dict`` from its module tree in ``setup()``.
+    """
+    if hasattr(model, name):
+        raise HookError(f"{type(model).__name__} already has an attribute {name!r}; detach it first")
+    setattr(model, name, module)
+    if backend(model) != "TransformerBridge":
+        model.setup()
+    for hook_name, hp in module.get_hooks().items():
+        hp.name = f"{name}.{hook_name}"
+    missing = [f"{name}.{n}" for n in module.get_hooks() if f"{name}.{n}" not in model.hook_dict]
+    if missing:
+        detach_hook_module(model, name)
+        raise HookError(f"could not register hook points {missing} on {type(model).__name__} (TL {tl_version()})")
+
+
+def detach_hook_module(model: Any, name: str) -> None:
+    """Undo :func:`attach_hook_module`: the module and its names leave the model and ``hook_dict``."""
+    module = getattr(model, name, None)
+    if module is None:
+        return
+    delattr(model, name)
+    if backend(model) == "TransformerBridge":
+        registry = getattr(model, "_hook_registry", {})
+        for hook_name in module.get_hooks():
+            registry.pop(f"{name}.{hook_name}", None)
+    else:
+        model.setup()
+
+
+def add_permanent_hook(model: Any, hook_name: str, fn: Callable) -> tuple[torch.nn.Module, Any]:
+    """Attach ``fn(x, hook)`` to ``hook_name`` as a permanent hook (it survives ``reset_hooks()`` and the bridge's
+    ``hooks()`` scoping). Returns a handle for :func:`remove_permanent_hook`."""
+    hp = model.hook_dict[validate_hook_names(model, [hook_name])[0]]
+    hp.add_hook(fn, dir="fwd", is_permanent=True)
+    return hp, hp.fwd_hooks[-1]
+
+
+def remove_permanent_hook(handle: tuple[torch.nn.Module, Any]) -> None:
+    hp, lens_handle = handle
+    lens_handle.hook.remove()
+    if lens_handle in hp.fwd_hooks:
+        hp.fwd_hooks.remove(lens_handle)

@@ -35,7 +35,7 @@ def _check_against_hf(model, name: str, prompts=PROMPTS, n: int = N_NEW) -> None
         want = _hf_greedy(hf, tok, ids, n)
         assert len(want) >= 4, f"HF stopped after {len(want)} tokens for {p!r}: a weak oracle"
         # TransformerLens's own generate (KV cache on), past any fallback the guard may have installed on the instance
-        raw = getattr(model.generate, "__wrapped__", model.generate)
+        raw = _tl.original_generate(model)
         direct = raw(ids, max_new_tokens=n, do_sample=False, verbose=False, return_type="tokens")
         assert _cut(direct[0, ids.shape[1]:].tolist(), eos) == want, f"model.generate differs from HF for {p!r}"
         res = lens.generate([p], max_new_tokens=n, do_sample=False)
