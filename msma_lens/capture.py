@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import _tl
+from . import _tl, hookpoints
 from .activations import POOLINGS, ScaleActivations
 from .artifacts import load_artifact, save_artifact, sha256_texts, write_json_atomic
 from .errors import ArtifactError, ConfigError, NumericsError
@@ -122,6 +122,12 @@ def capture(
     plan = _layer_plan(scales, layer_agg)
     layers = sorted({x for ls in plan.values() for x in ls})
     names = {x: _tl.resid_name(model, x, site) for x in layers}
+    # what each scale reads: its msma.{scale}.hook_resid point (the layer mean) when the whole scale is averaged,
+    # else the chosen block's own hook; per-block hooks averaged here only when another partition is attached
+    points = hookpoints.attached(model)
+    own = points is None or (points.site == site and points.scales.same_partition(scales))
+    sources = {s: ([hookpoints.hook_name(s)] if own and len(plan[s]) == len(scales[s]) and len(plan[s]) > 1
+                   else [names[x] for x in plan[s]]) for s in scales.names}
     ctx = _tl.context_length(model)
     max_len = min(max_length or ctx, ctx)
 
@@ -147,6 +153,7 @@ def capture(
         "scale_spec_hash": scales.spec_hash(),
         "site": site,
         "hook_names": {s: [names[x] for x in plan[s]] for s in scales.names},
+        "read_hooks": sources,
         "pooling": pooling,
         "layer_agg": layer_agg,
         "input": "token_ids" if tokens_in else "text",
@@ -169,6 +176,25 @@ def capture(
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc="capture", unit="batch", leave=False)
+    temporary = points is None and any(n.startswith(hookpoints.ROOT + ".") for ns in sources.values() for n in ns)
+    if temporary:
+        hookpoints.attach(model, scales, site)
+    try:
+        _run_batches(model, it, batches, seqs, specials, sources, plan, shards, parts, padding_side, max_len, stop,
+                     idx_pooling=pooling)
+    finally:
+        if temporary:
+            hookpoints.detach(model)
+    if shards is not None:
+        parts = [shards.read(b) for b in range(len(batches))]
+        shards.finish()
+    return _assemble(parts, list(scales.names), meta)
+
+
+def _run_batches(model: Any, it: Any, batches: list[list[int]], seqs: list[list[int]], specials: list[list[int]],
+                 sources: dict[str, list[str]], plan: dict[str, list[int]], shards: Any, parts: list, padding_side: str,
+                 max_len: int, stop: int, idx_pooling: str) -> None:
+    wanted = list(dict.fromkeys(n for ns in sources.values() for n in ns))
     with torch.no_grad():
         for b in it:
             if shards is not None and shards.done(b):
@@ -177,17 +203,12 @@ def capture(
             toks, mask, content = _tl.pad_batch(model, [seqs[i] for i in idx], [specials[i] for i in idx],
                                                 padding_side=padding_side, max_length=max_len)
             toks, mask = toks.to(_tl.model_device(model)), mask.to(_tl.model_device(model))
-            cache = _tl.run_with_cache(model, toks, mask, list(names.values()),
-                                       stop_at_layer=stop if stop < _tl.n_layers(model) else None)
-            part = _pool_batch(cache, names, plan, content, mask.cpu(), idx, pooling)
+            cache = _tl.run_with_cache(model, toks, mask, wanted, stop_at_layer=stop if stop < _tl.n_layers(model) else None)
+            part = _pool_batch(cache, sources, plan, content, mask.cpu(), idx, idx_pooling)
             if shards is not None:
                 shards.write(b, part)  # memory stays bounded by one batch until the final assembly
             else:
                 parts.append(part)
-    if shards is not None:
-        parts = [shards.read(b) for b in range(len(batches))]
-        shards.finish()
-    return _assemble(parts, list(scales.names), meta)
 
 
 def _sha256_token_rows(seqs: list[list[int]]) -> str:
@@ -199,21 +220,23 @@ def _sha256_token_rows(seqs: list[list[int]]) -> str:
     return h.hexdigest()
 
 
-def _pool_batch(cache: dict[str, torch.Tensor], names: dict[int, str], plan: dict[str, list[int]],
+def _pool_batch(cache: dict[str, torch.Tensor], sources: dict[str, list[str]], layers: dict[str, list[int]],
                 content: torch.Tensor, mask: torch.Tensor, doc_idx: list[int], pooling: str) -> dict[str, torch.Tensor]:
     content = content.to(next(iter(cache.values())).device)
     if not content.any(1).all():
         empty = [doc_idx[i] for i in torch.nonzero(~content.any(1)).flatten().tolist()]
         raise ConfigError(f"document(s) {empty} have no tokens besides BOS/special tokens")
     out: dict[str, torch.Tensor] = {}
-    for s, layers in plan.items():
+    for s, hook_names in sources.items():
         stack = []
-        for x in layers:
-            a = cache[names[x]]
+        for name in hook_names:
+            a = cache[name]
             bad = ~torch.isfinite(a) & content[..., None]
             if bad.any():
                 row = int(bad.any(-1).any(-1).nonzero()[0])
-                raise NumericsError(f"NaN/Inf in {names[x]} (layer {x}, scale {s!r}) for document {doc_idx[row]}")
+                ls = layers[s] if name.startswith(hookpoints.ROOT + ".") else [int(name.split(".")[1])]
+                where = f"layer {ls[0]}" if len(ls) == 1 else f"mean of layers {ls[0]}-{ls[-1]}"
+                raise NumericsError(f"NaN/Inf in {name} ({where}, scale {s!r}) for document {doc_idx[row]}")
             stack.append(a.float())
         h = torch.stack(stack).mean(0) if len(stack) > 1 else stack[0]  # [B, T, d]
         if pooling == "token":

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import _tl
+from . import _tl, hookpoints
 from .activations import ScaleActivations
 from .alignment import AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
 from .capture import capture as _capture
@@ -20,6 +20,10 @@ class MSMA:
 
     >>> lens = MSMA(load_model("smollm2-135m"))            # default scales: thirds of the depth
     >>> acts = lens.capture(load_corpus().texts, pooling="token")
+
+    ``lens.attach()`` adds the per-scale hook points ``msma.{scale}.hook_in`` / ``msma.{scale}.hook_resid`` to the
+    model's ``hook_dict`` (see :mod:`msma_lens.hookpoints`); ``lens.detach()`` removes them; ``with lens:`` does
+    both around a block. Constructing a lens changes nothing on the model.
     """
 
     def __init__(self, model: Any, scales: Scales | str | dict | None = None, *, site: str = "resid_post",
@@ -30,6 +34,33 @@ class MSMA:
         self.scales = Scales.coerce(scales, _tl.n_layers(model))
         self.site = site
         self.hook_names = {s: [_tl.resid_name(model, x, site) for x in ls] for s, ls in self.scales.items()}
+
+    # ----- hook points ---------------------------------------------------------------------------------
+    def attach(self) -> MSMA:
+        """Add ``msma.{scale}.hook_in`` and ``msma.{scale}.hook_resid`` for this lens's scales to the model."""
+        hookpoints.attach(self.model, self.scales, self.site)
+        return self
+
+    def detach(self) -> None:
+        """Remove the per-scale hook points (and every hook on them) from the model."""
+        if self.attached:
+            hookpoints.detach(self.model)
+
+    @property
+    def attached(self) -> bool:
+        """Whether this lens's partition is attached to the model as hook points."""
+        points = hookpoints.attached(self.model)
+        return points is not None and points.site == self.site and points.scales.same_partition(self.scales)
+
+    def hook_point_names(self, point: str = hookpoints.HOOK_RESID) -> dict[str, str]:
+        """``{scale: "msma.{scale}.hook_resid"}`` (or ``hook_in``), e.g. for ``names_filter``."""
+        return {s: hookpoints.hook_name(s, point) for s in self.scales.names}
+
+    def __enter__(self) -> MSMA:
+        return self.attach()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
 
     @property
     def model_id(self) -> str:
