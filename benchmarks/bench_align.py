@@ -111,7 +111,7 @@ def bench_riemannian_fit(
 
     def gap() -> float:
         with torch.no_grad():
-            W, s, b = m.weight.double(), float(m.scale), m.bias.double()
+            W, s, b = m.weight.double(), float(m.gain), m.bias.double()
             return (float((s * Xd @ W + b - Yd).square().sum()) / den - cf.residual) / cf.residual
 
     cpu, reached, g_now = 0.0, None, gap()

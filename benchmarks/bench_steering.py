@@ -6,7 +6,7 @@ Variants, run interleaved, median wall time of ``--runs`` each (1 thread):
   plain        model.generate(...) with no hooks
   raw-hook     model.hooks with ``x + delta`` on every layer of the scale (what a hand-written hook costs)
   msma-base    msma_lens.steering.generate with no intervention (tracker hook only)
-  msma-steer   msma_lens.steering.generate with Translate(scale, relative=True) on every layer of the scale
+  msma-steer   msma_lens.steering.generate with Translate(scale, relative=True, at="every") on every layer of the scale
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     sc = Scales.default(_tl.n_layers(model))
     layers = sc[args.scale]
     v = random_direction(_tl.d_model(model), seed=0)
-    iv = Translate(args.scale, v, strength=0.5, relative=True)
+    iv = Translate(args.scale, v, strength=0.5, relative=True, at="every")  # the same hooks as raw-hook
     delta = (50.0 * v).to(_tl.model_dtype(model))
     raw = [(_tl.resid_name(model, x), lambda x, hook: x + delta) for x in layers]
 

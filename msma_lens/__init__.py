@@ -1,6 +1,6 @@
 """msma-lens: Multi-Scale Manifold Alignment for TransformerLens models."""
 
-from . import metrics, stats, text
+from . import metrics, plugins, stats, text
 from .activations import ScaleActivations
 from .align import ProcrustesFit, procrustes
 from .alignment import AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
@@ -11,7 +11,8 @@ from .interventions import (
     AttentionEdit,
     GaussianNoise,
     Intervention,
-    Scale,
+    Rescale,
+    ResidualEdit,
     Schedule,
     SteeringRecord,
     Translate,
@@ -21,6 +22,7 @@ from .interventions import (
     steer,
     transfer_direction,
 )
+from .interventions import Scale as Scale  # deprecated alias of Rescale (warns on use), not in __all__
 from .lens import MSMA
 from .maps import CrossScaleMap, MapTrainConfig, fit_map
 from .mi import estimate_mi
@@ -52,11 +54,12 @@ __all__ = [
     "fit_alignment",
     "run_ablations",
     "Translate",
-    "Scale",
+    "Rescale",
     "GaussianNoise",
     "AttentionEdit",
     "Ablate",
     "Intervention",
+    "ResidualEdit",
     "Schedule",
     "SteeringRecord",
     "steer",
@@ -71,6 +74,7 @@ __all__ = [
     "metrics",
     "stats",
     "text",
+    "plugins",
     "load_model",
     "list_models",
     "DEFAULT_MODEL",

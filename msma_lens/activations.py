@@ -42,6 +42,16 @@ class ScaleActivations:
         if self.positions.shape[0] != n:
             raise ConfigError(f"positions has {self.positions.shape[0]} rows, expected {n}")
 
+    def __repr__(self) -> str:
+        m = self.meta
+        shown = list(self.acts.items())[:6]
+        body = ", ".join(f"{s}=[{a.shape[0]}, {a.shape[1]}]" for s, a in shown)
+        if len(self.acts) > len(shown):
+            body += f", … +{len(self.acts) - len(shown)} more"
+        head = ", ".join(f"{k}={m[k]!r}" for k in ("model_id", "pooling", "site") if m.get(k) is not None)
+        return (f"ScaleActivations({head + ', ' if head else ''}rows={len(self)}, docs={self.n_docs},\n"
+                f"    scales: {body})")
+
     # ----- access ------------------------------------------------------------------------------------
     def __getitem__(self, scale: str) -> torch.Tensor:
         if scale not in self.acts:

@@ -197,7 +197,7 @@ class AlignmentResult:
         out = None
         for a, b in path:
             f = self.map(a, b)
-            lin = (self._norm(b)[1] / self._norm(a)[1]) * f.scale.detach() * f.weight.detach()
+            lin = (self._norm(b)[1] / self._norm(a)[1]) * f.gain.detach() * f.weight.detach()
             out = lin if out is None else out @ lin
         return out
 

@@ -1,4 +1,4 @@
-"""Command line: ``msma-lens models | capture | fit | steer | run`` (``--help`` on each)."""
+"""Command line: ``msma-lens models | capture | fit | steer | run | plugins`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from . import _tl
 from .artifacts import write_text_atomic
 from .corpus import TEXT_SUFFIXES
 from .errors import ConfigError, MSMAError
+from .interventions import AT_MODES, DEFAULT_AT
 from .scales import Scales, preset_names
-from .steering import INTERVENTION_KINDS
+from .steering import INTERVENTION_KINDS, KIND_ALIASES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,9 +128,16 @@ def _parse_pairs(spec: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _kind(kind: str) -> str:
+    """A kind's current name; a deprecated one (``scale``) is renamed with a note on stderr."""
+    if kind in KIND_ALIASES:
+        print(f"note: intervention kind {kind!r} is deprecated; use {KIND_ALIASES[kind]!r}", file=sys.stderr)
+    return KIND_ALIASES.get(kind, kind)
+
+
 def _parse_kinds(spec: str) -> tuple[str, ...]:
     """Comma-separated intervention kinds."""
-    kinds = _names(spec)
+    kinds = tuple(dict.fromkeys(_kind(k) for k in _names(spec)))
     bad = [k for k in kinds if k not in INTERVENTION_KINDS]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown intervention kind(s) {bad} in {spec!r}; valid: {list(INTERVENTION_KINDS)}")
@@ -137,10 +145,11 @@ def _parse_kinds(spec: str) -> tuple[str, ...]:
 
 
 def _parse_strengths(spec: str) -> dict[str, tuple[float, ...]]:
-    """``translate=1,2;scale=0.5,1.5`` → {"translate": (1.0, 2.0), "scale": (0.5, 1.5)}."""
+    """``translate=1,2;rescale=0.5,1.5`` → {"translate": (1.0, 2.0), "rescale": (0.5, 1.5)}."""
     out = {}
     for part in spec.split(";"):
         kind, _, vals = (x.strip() for x in part.partition("="))
+        kind = _kind(kind)
         if kind not in INTERVENTION_KINDS:
             raise argparse.ArgumentTypeError(f"unknown intervention kind {kind!r} in {spec!r}; valid: {list(INTERVENTION_KINDS)}")
         try:
@@ -358,10 +367,11 @@ def _prompts(source: str, n: int) -> list[str]:
 
 def _steer_and_report(lens, args: argparse.Namespace, out: Path) -> None:
     kinds = args.interventions
-    # --strengths overrides the defaults kind by kind; the other kinds keep _MAIN_STRENGTHS
-    strengths = {**{k: v for k, v in _MAIN_STRENGTHS.items() if k in kinds}, **(args.strengths or {})}
+    # --strengths overrides the defaults kind by kind; the other kinds keep the defaults for --at
+    defaults = _MAIN_STRENGTHS_EVERY if args.at == "every" else _MAIN_STRENGTHS
+    strengths = {**{k: v for k, v in defaults.items() if k in kinds}, **(args.strengths or {})}
     prompts = _prompts(args.prompts, args.n_prompts)
-    res = lens.experiment(prompts, interventions=kinds, strengths=strengths,
+    res = lens.experiment(prompts, interventions=kinds, strengths=strengths, at=args.at,
                           seeds=args.gen_seeds, max_new_tokens=args.max_new_tokens,
                           do_sample=not args.greedy, top_p=0.9 if not args.greedy else None, batch_size=args.gen_batch_size,
                           use_scales=list(args.use_scales) if args.use_scales else None, progress=args.progress)
@@ -372,7 +382,11 @@ def _steer_and_report(lens, args: argparse.Namespace, out: Path) -> None:
     print(text)
 
 
-_MAIN_STRENGTHS = {"translate": (0.1,), "scale": (1.1,), "noise": (0.1,), "attention": (2.0,)}  # per layer: edits compound over a scale
+# what the stream holds at every layer of a scale (at="held", the default, or "entry"): translate/noise relative to
+# the residual norm, rescale a factor, attention a temperature
+_MAIN_STRENGTHS = {"translate": (0.5,), "rescale": (1.5,), "noise": (0.3,), "attention": (2.0,)}
+# at="every" stacks each residual edit over a scale's layers (10 on SmolLM2): per-layer strengths, much smaller
+_MAIN_STRENGTHS_EVERY = {"translate": (0.1,), "rescale": (1.1,), "noise": (0.1,), "attention": (2.0,)}
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
@@ -397,7 +411,11 @@ def _steer_args(p: argparse.ArgumentParser, n_prompts: int) -> None:
     g.add_argument("--n-prompts", type=_int_at_least(1), default=n_prompts)
     g.add_argument("--interventions", type=_parse_kinds, default=",".join(INTERVENTION_KINDS))
     g.add_argument("--strengths", type=_parse_strengths, default=None,
-                   help="e.g. 'translate=1,2;scale=0.5,1.5' (translate/noise relative to |h|)")
+                   help="e.g. 'translate=1,2;rescale=0.5,1.5' (translate/noise relative to |h|)")
+    g.add_argument("--at", choices=AT_MODES, default=DEFAULT_AT,
+                   help="where residual edits act on a scale: 'held' (default; entry and after every block, one edit at a "
+                        "time), 'entry' (once, on the stream entering the scale) or 'every' (after every block, stacking: "
+                        "the published protocol)")
     g.add_argument("--use-scales", type=_names, default=None, help="comma-separated scale names to steer (default: all)")
     g.add_argument("--gen-seeds", type=_int_list(allow_empty=False), default="0",
                    help="sampling seeds (baseline and steered runs share them)")
@@ -426,6 +444,73 @@ def _check_steer_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
     extra = sorted(set(args.strengths or {}) - set(args.interventions))
     if extra:
         p.error(f"argument --strengths: {extra} not in --interventions {','.join(args.interventions)}")
+
+
+def _plugin_option(s: str) -> tuple[str, object]:
+    """argparse type: ``key=value``; the value is read as JSON (numbers, true/false, null, lists) or else kept as text."""
+    key, sep, val = s.partition("=")
+    if not (sep and key.strip().isidentifier()):
+        raise _bad("key=value with an identifier key", s)
+    try:
+        return key.strip(), json.loads(val)
+    except json.JSONDecodeError:
+        return key.strip(), val
+
+
+def _plugin_warnings(fn: Callable[[], object]) -> object:
+    """Run ``fn`` printing the warnings of broken plugins as one line each on stderr (other warnings as usual)."""
+    import warnings
+
+    from .plugins import PluginWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        out = fn()
+    for w in caught:
+        if issubclass(w.category, PluginWarning):
+            print(f"msma-lens: warning: {_one_line(w.message)}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return out
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List installed plugins, or run one on a ScaleActivations artifact."""
+    from . import plugins
+
+    if args.plugins_cmd == "run":
+        return _plugins_run(args)
+    infos = _plugin_warnings(plugins.available)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(i) for i in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"no plugins installed (packages add them through the entry-point group {plugins.GROUP!r})")
+    for i in infos:
+        print(f"{i.name:<20} {i.version or '-':<10} {i.dist or i.target}\n    {i.description}")
+    return 0
+
+
+def _plugins_run(args: argparse.Namespace) -> int:
+    from . import plugins
+    from .activations import ScaleActivations
+
+    _threads(args.threads)
+    options = dict(args.option or [])
+    if len(options) != len(args.option or []):
+        raise ConfigError(f"--option: a key is given twice in {[f'{k}={v}' for k, v in args.option]}")
+    _plugin_warnings(plugins.discover)
+    plugins.get(args.name)  # an unknown name fails before the activations are read
+    acts = ScaleActivations.load(args.acts)
+    result = plugins.run(args.name, acts, **options)
+    path = result.save(args.out)
+    if args.figures:
+        plugins.write_figures(result, path)
+    print(result.summary())
+    print(f"{args.name}: {len(acts)} rows x {len(acts.scale_names)} scales -> {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,6 +545,17 @@ def build_parser() -> argparse.ArgumentParser:
     _steer_args(r, n_prompts=8)
     r.set_defaults(seeds="")
     r.set_defaults(fn=cmd_run, check=_check_steer_args, parser=r)
+    pl = sub.add_parser("plugins", help="list installed analysis plugins (entry-point group msma_lens.plugins); 'plugins run' runs one")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=cmd_plugins, plugins_cmd=None)
+    pr = pl.add_subparsers(dest="plugins_cmd").add_parser("run", help="run a plugin on a ScaleActivations artifact and save its result")
+    pr.add_argument("name", help="plugin name (see 'msma-lens plugins')")
+    pr.add_argument("--acts", type=_artifact_dir, required=True, help="a ScaleActivations artifact (msma-lens capture --out)")
+    pr.add_argument("--out", required=True, help="result artifact directory to write")
+    pr.add_argument("-o", "--option", type=_plugin_option, action="append", metavar="KEY=VALUE",
+                    help="a plugin option (value read as JSON, else text); repeatable")
+    pr.add_argument("--figures", action="store_true", help="also write the result's figures as NAME.html into --out")
+    pr.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads")
     return p
 
 

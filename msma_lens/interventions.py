@@ -1,13 +1,30 @@
 """Scale-level interventions (MSPGT §B.4) and the :func:`steer` context manager.
 
-An intervention is a small dataclass applied at every layer of a scale (or at chosen ``layers=``):
+An intervention is a small dataclass naming a scale (or ``layers=``). Residual-stream edits
+(:class:`ResidualEdit`) are
 
-* :class:`Translate` ``h + s·Δ`` (``relative=True``: ``s`` times the row's mean residual norm at that layer,
-  along the unit direction), :class:`Scale` ``α·h``, :class:`GaussianNoise` ``h + σ·ε``,
-  :class:`Ablate` (project a direction out) on the residual stream (``blocks.{i}.hook_resid_post`` by default);
-* :class:`AttentionEdit` (temperature ``T``): ``mode="query"`` scales ``hook_q`` by ``1/T``, which equals
-  ``scores/T`` on every architecture; ``"scores"`` / ``"pattern"`` edit ``hook_attn_scores`` / ``hook_pattern``
-  where the architecture honours such edits (masked entries are never un-masked).
+* :class:`Translate` ``h + strength·Δ`` (``relative=True``: ``strength`` times the row's mean residual norm at
+  that point, along the unit direction), :class:`Rescale` ``strength·h``, :class:`GaussianNoise`
+  ``h + strength·ε`` and :class:`Ablate` (project a direction out),
+
+and ``at=`` says where they act (every record stores it):
+
+* ``"entry"``: once, on the stream entering the scale (``hook_resid_pre`` of its first block, the same tensor
+  as ``msma.{scale}.hook_in``); the scale's blocks then run on the edited stream.
+* ``"held"`` (default): at the entry and after every block of the scale (``hook_resid_post``), each time
+  applied to the stream with this edit's previous application taken out, so the stream holds exactly one
+  application, never a stack. For Rescale the stream after block l is ``strength ×`` (the entry stream plus
+  the blocks' updates so far), i.e. every block's own update is rescaled; for a fixed Translate vector it
+  equals ``"entry"``; GaussianNoise draws fresh noise at each point instead of piling it up.
+* ``"every"``: after every block (``site=``, ``hook_resid_post`` by default), each application on top of the
+  previous ones: the published protocol. It compounds: Rescale(1.5) on SmolLM2's intermediate scale (layers
+  10–19) makes the residual norm 8.6× the unsteered one after layer 15 and 34× after layer 19 (held: 1.46–1.50).
+
+:class:`AttentionEdit` (temperature ``T``) is not a residual edit: at every layer of the scale it tempers that
+layer's own attention (nothing is carried from layer to layer, so there is nothing to stack). ``mode="query"``
+scales ``hook_q`` by ``1/T``, which equals ``scores/T`` on every architecture; ``"scores"`` / ``"pattern"``
+edit ``hook_attn_scores`` / ``hook_pattern`` where the architecture honours such edits (masked entries are
+never un-masked).
 
 **Where and when.** Positions are *absolute*: position 0 is the first real token of a row (BOS when the
 model prepends one), independent of left padding; negative positions count back from the end of the row's
@@ -17,18 +34,22 @@ computes it, so KV-cached decoding (one ``[B, 1, d]`` step at a time) and uncach
 sequence every step) give the same result and no edit is ever re-applied at a later step's strength.
 ``phase="generated"`` edits the generated tokens fed back into the model: the first generated token is
 still produced from the unsteered prompt. A :class:`Schedule` (start, stop, decay) multiplies the strength
-per step (``Scale`` and ``AttentionEdit`` interpolate towards the identity).
+per step (``Rescale`` and ``AttentionEdit`` interpolate towards the identity).
 
-Per-row parameters: ``strength``/``alpha``/``sigma``/``temperature`` may be a tensor ``[B]`` and directions
-``[B, d]``; each row then gets its own value. Directions may also be a ``{layer: [d]}`` mapping.
+Per-row parameters: ``strength``/``temperature`` may be a tensor ``[B]`` and directions ``[B, d]``; each row
+then gets its own value. Directions may also be a ``{layer: [d]}`` mapping (the entry uses the first layer's).
 
-Directions: :func:`contrastive_direction`, :func:`principal_direction`, :func:`transfer_direction` (carry a
-direction through a fitted cross-scale map) and :func:`random_direction` (norm-matched control).
+Renamed (the old names work for one release and emit DeprecationWarning): ``Scale`` → :class:`Rescale`,
+``alpha=`` / ``sigma=`` → ``strength=``.
+
+Directions live in :mod:`msma_lens.directions` (``lens.contrastive_direction(...)`` etc.); importing them from
+this module still works for one release.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -36,22 +57,26 @@ import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
 from . import _tl
-from .errors import ArtifactError, ConfigError, HookError
+from .directions import contrastive_direction, principal_direction, random_direction, transfer_direction
+from .errors import ConfigError, HookError
 from .scales import Scales
 
 __all__ = [
+    "AT_MODES",
+    "DEFAULT_AT",
     "PHASES",
     "Ablate",
     "AttentionEdit",
     "EditContext",
     "GaussianNoise",
     "Intervention",
-    "Scale",
+    "Rescale",
+    "ResidualEdit",
     "Schedule",
     "SteeringRecord",
     "Translate",
@@ -66,6 +91,8 @@ PHASES = ("prompt", "generated", "both")
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 RESID_SITES = ("resid_pre", "resid_mid", "resid_post")
 ATTENTION_MODES = ("query", "scores", "pattern")
+AT_MODES = ("entry", "held", "every")
+DEFAULT_AT = "held"
 
 
 # ----- parameter checks ------------------------------------------------------------------------------------
@@ -222,8 +249,9 @@ class EditContext:
 
     ``mult`` is the ``[B, T]`` per-position multiplier (0 = leave alone; ``None`` = 1 everywhere);
     ``abs_pos`` the ``[B, T]`` absolute positions (negative on left padding); ``ref_norm`` the ``[B]`` mean
-    residual norm of the row's prompt at this layer (relative interventions only); ``state`` a dict private
-    to (intervention, layer) that lives for one sequence.
+    residual norm of the row's prompt at this point (relative interventions only); ``state`` a dict private
+    to (intervention, point) that lives for one sequence. ``point`` is ``"entry"`` for the stream entering the
+    scale (``hook_resid_pre`` of block ``layer``), else the per-layer hook (``"layer"``, ``"resid_post"``).
     """
 
     layer: int
@@ -232,15 +260,25 @@ class EditContext:
     abs_pos: torch.Tensor
     ref_norm: torch.Tensor | None
     state: dict
+    point: str = "layer"
+
+
+class _Point(NamedTuple):
+    """One hook an intervention edits: the block index, what the point is (``"entry"``/``"layer"``/a site), its name."""
+
+    layer: int
+    point: str
+    name: str
 
 
 @dataclass
 class Intervention:
     """Base class. Subclasses implement :meth:`apply`; ``kind`` names them in records and tables.
 
-    ``scale`` names a group of the model's :class:`~msma_lens.Scales` (every layer of it is edited);
-    ``layers`` picks layers explicitly (inside ``scale`` when both are given). ``phase``, ``positions`` and
-    ``schedule`` override those of :func:`steer` for this intervention. ``site`` is the residual hook.
+    ``scale`` names a group of the model's :class:`~msma_lens.Scales`; ``layers`` picks layers explicitly
+    (inside ``scale`` when both are given). ``phase``, ``positions`` and ``schedule`` override those of
+    :func:`steer` for this intervention. The base class edits :meth:`hook_name` of every layer (``site``, the
+    residual hook); :class:`ResidualEdit` adds ``at=``.
     """
 
     scale: str | None
@@ -249,7 +287,7 @@ class Intervention:
     phase: str | None = None
     positions: Any = None
     schedule: Schedule | Mapping | tuple | None = None
-    site: str = "resid_post"
+    site: str | None = "resid_post"
 
     kind: ClassVar[str] = "intervention"
     needs_reference: ClassVar[bool] = False
@@ -269,7 +307,7 @@ class Intervention:
             _check_phase(self.phase, f"{cls}.phase")
         self._positions = _positions(self.positions, f"{cls}.positions")
         self.schedule = Schedule.coerce(self.schedule)
-        if self.site not in RESID_SITES:
+        if self.site is not None and self.site not in RESID_SITES:
             raise ConfigError(f"{cls}.site must be one of {list(RESID_SITES)}, got {self.site!r}")
 
     # -- resolution against a model --
@@ -288,7 +326,11 @@ class Intervention:
         return tuple(layers)
 
     def hook_name(self, model: Any, layer: int) -> str:
-        return _tl.resid_name(model, layer, self.site)
+        return _tl.resid_name(model, layer, self.site or "resid_post")
+
+    def points(self, model: Any, layers: tuple[int, ...]) -> list[_Point]:
+        """The hooks this intervention edits, in forward order (here :meth:`hook_name` of every layer)."""
+        return [_Point(x, "layer", self.hook_name(model, x)) for x in layers]
 
     def check(self, model: Any, layers: tuple[int, ...]) -> None:
         """Model-dependent checks (widths, architecture support); raise ConfigError."""
@@ -297,7 +339,8 @@ class Intervention:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        d: dict[str, Any] = {"kind": self.kind, "scale": self.scale, "layers": list(self.layers) if self.layers else None}
+        d: dict[str, Any] = {"kind": self.kind, "scale": self.scale, "layers": list(self.layers) if self.layers else None,
+                             "at": getattr(self, "at", "every")}
         for k in ("phase", "site"):
             d[k] = getattr(self, k)
         d["positions"] = _describe_positions(self._positions)
@@ -357,10 +400,102 @@ def _apply_mult(x: torch.Tensor, delta: torch.Tensor, mult: torch.Tensor | None)
     return x + delta.to(dtype=x.dtype, device=x.device)
 
 
+def _deprecated(msg: str) -> None:
+    """A DeprecationWarning pointing at the caller's code (past msma_lens frames and generated ``__init__``s)."""
+    f, level = sys._getframe(1), 2
+    while f is not None and (f.f_code.co_filename.startswith(_PKG_DIR)
+                             or (f.f_code.co_filename.startswith("<") and f.f_code.co_name == "__init__")):
+        f, level = f.f_back, level + 1
+    warnings.warn(msg, DeprecationWarning, stacklevel=level)
+
+
+def _alias(old: str, new: str) -> property:
+    def get(self: Any) -> Any:
+        _deprecated(f"{type(self).__name__}.{old} is deprecated; use .{new}")
+        return getattr(self, new)
+
+    def put(self: Any, value: Any) -> None:
+        _deprecated(f"{type(self).__name__}.{old} is deprecated; use .{new}")
+        setattr(self, new, value)
+
+    return property(get, put, doc=f"Deprecated alias of ``{new}``.")
+
+
+def _renamed(**renames: str) -> Any:
+    """Class decorator: deprecated keyword and attribute names ``old=new`` that keep working for one release."""
+
+    def wrap(cls: type) -> type:
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kw: Any) -> None:
+            for old, new in renames.items():
+                if old in kw:
+                    if new in kw:
+                        raise ConfigError(f"{type(self).__name__}: pass {new}= only ({old}= is its deprecated name)")
+                    _deprecated(f"{type(self).__name__}({old}=...) is deprecated; use {new}=")
+                    kw[new] = kw.pop(old)
+            init(self, *args, **kw)
+
+        cls.__init__ = __init__
+        for old, new in renames.items():
+            setattr(cls, old, _alias(old, new))
+        return cls
+
+    return wrap
+
+
 @dataclass
-class Translate(Intervention):
+class ResidualEdit(Intervention):
+    """An edit of the residual stream, ``x ↦ apply(x)``; ``at`` says where it acts on the scale.
+
+    * ``"entry"``: once, at ``hook_resid_pre`` of the scale's first block (the stream entering the scale).
+    * ``"held"`` (default): at the entry and at ``hook_resid_post`` of every block, each time applied to the stream
+      with this edit's previous application removed (``x ↦ apply(x − e)`` where ``e`` is what the previous point
+      added), so the stream carries exactly one application: for Rescale each block's own update is rescaled.
+    * ``"every"``: at ``site`` (``hook_resid_post`` by default) of every block, on top of the previous
+      applications (the published protocol; it compounds).
+
+    ``site`` applies to ``"every"`` only. Subclasses implement :meth:`apply` as a function of the stream.
+    """
+
+    _: KW_ONLY
+    at: str = DEFAULT_AT
+    site: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        cls = type(self).__name__
+        if self.at not in AT_MODES:
+            raise ConfigError(f"{cls}.at must be one of {list(AT_MODES)}, got {self.at!r}")
+        if self.at != "every" and self.site is not None:
+            where = "hook_resid_pre of the scale's first block" + (" and hook_resid_post of every block" if self.at == "held" else "")
+            raise ConfigError(f"{cls}.site applies to at='every' only; at={self.at!r} edits {where}")
+
+    def check(self, model: Any, layers: tuple[int, ...]) -> None:
+        if self.site == "resid_mid" and _tl.backend(model) == "TransformerBridge":
+            raise ConfigError(f"{type(self).__name__}(site='resid_mid'): on TransformerBridge hook_resid_mid is ln2's input; an "
+                              "edit there changes what the MLP reads but not the residual stream (use resid_pre/resid_post)")
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["site"] = (self.site or "resid_post") if self.at == "every" else None
+        return d
+
+    def points(self, model: Any, layers: tuple[int, ...]) -> list[_Point]:
+        if self.at == "every":
+            return super().points(model, layers)
+        out = [_Point(layers[0], "entry", _tl.resid_name(model, layers[0], "resid_pre"))]
+        if self.at == "held":
+            out += [_Point(x, "resid_post", _tl.resid_name(model, x, "resid_post")) for x in layers]
+        return out
+
+
+@dataclass
+class Translate(ResidualEdit):
     """``h + strength·Δ``; ``relative=True``: ``h + strength·‖h‖_mean·Δ/‖Δ‖`` with ``‖h‖_mean`` the row's mean
-    residual norm at that layer over its prompt positions except BOS and padding (measured on the prompt pass)."""
+    residual norm at that point over its prompt positions except BOS and padding (measured on the prompt pass;
+    with ``at="held"`` on the stream without this edit). Held, the stream carries one translation at a time."""
 
     direction: Any = None
     strength: Any = 1.0
@@ -381,6 +516,7 @@ class Translate(Intervention):
         return self.relative
 
     def check(self, model: Any, layers: tuple[int, ...]) -> None:
+        super().check(model, layers)
         self._check_width(self.direction, model, "direction", layers)
 
     def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
@@ -397,19 +533,22 @@ class Translate(Intervention):
         return {"strength": _summ(self.strength), "relative": self.relative, "direction": _dir_summary(self.direction)}
 
 
+@_renamed(alpha="strength")
 @dataclass
-class Scale(Intervention):
-    """``α·h`` (amplify α > 1, attenuate α < 1). With a schedule multiplier m the factor is ``1 + (α−1)·m``."""
+class Rescale(ResidualEdit):
+    """``strength·h`` (amplify > 1, attenuate < 1; 1 is the identity). With a schedule multiplier m the factor is
+    ``1 + (strength−1)·m``. ``at="held"``: after block l the stream is ``strength ×`` (the entry stream plus the
+    blocks' updates so far), i.e. every block's update is rescaled too; ``"every"`` compounds (``strength^k``)."""
 
-    alpha: Any = 1.0
-    kind: ClassVar[str] = "scale"
+    strength: Any = 1.0
+    kind: ClassVar[str] = "rescale"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.alpha = _param(self.alpha, "Scale.alpha")
+        self.strength = _param(self.strength, f"{type(self).__name__}.strength")
 
     def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
-        a = _rows(self.alpha, x.shape[0], "Scale.alpha", x.device)
+        a = _rows(self.strength, x.shape[0], f"{type(self).__name__}.strength", x.device)
         if ctx.mult is None:
             return x * (a[:, None, None].to(x.dtype) if isinstance(a, torch.Tensor) else a)
         m = ctx.mult.to(x.device)
@@ -418,28 +557,38 @@ class Scale(Intervention):
         return x * f[..., None].to(x.dtype)
 
     def _params(self) -> dict:
-        return {"alpha": _summ(self.alpha)}
+        return {"strength": _summ(self.strength)}
 
 
+class Scale(Rescale):
+    """Deprecated name of :class:`Rescale` (``alpha=`` is now ``strength=``); removed in the next release."""
+
+    def __post_init__(self) -> None:
+        _deprecated("msma_lens.Scale is deprecated; use Rescale (the edit), not to be confused with Scales (the partition)")
+        super().__post_init__()
+
+
+@_renamed(sigma="strength")
 @dataclass
-class GaussianNoise(Intervention):
-    """``h + σ·ε``, ε ~ N(0, I) per position; ``relative=True``: σ times the row's RMS residual coordinate
-    (``‖h‖_mean/√d``, so the noise norm is about ``σ·‖h‖_mean``).
+class GaussianNoise(ResidualEdit):
+    """``h + strength·ε``, ε ~ N(0, I) per position; ``relative=True``: strength times the row's RMS residual
+    coordinate (``‖h‖_mean/√d``, so the noise norm is about ``strength·‖h‖_mean``). ``at="held"`` replaces the
+    previous point's noise with a fresh draw (the noise never piles up); ``"every"`` adds a draw at every layer.
 
-    Noise comes from its own seeded generators, never the global RNG: one stream per (row seed, layer),
+    Noise comes from its own seeded generators, never the global RNG: one stream per (row seed, layer, point),
     consumed position by position, so a position's noise does not depend on KV caching or on the rest of the
     batch. ``seed`` is an int (every row gets the same stream: common random numbers, batch-invariant) or one
     seed per row (independent noise per row).
     """
 
-    sigma: Any = 0.0
+    strength: Any = 0.0
     relative: bool = False
     seed: int | Sequence[int] = 0
     kind: ClassVar[str] = "noise"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.sigma = _param(self.sigma, "GaussianNoise.sigma", lo=0.0)
+        self.strength = _param(self.strength, "GaussianNoise.strength", lo=0.0)
         if not isinstance(self.relative, bool):
             raise ConfigError(f"GaussianNoise.relative must be a bool, got {self.relative!r}")
         if isinstance(self.seed, torch.Tensor):
@@ -464,7 +613,8 @@ class GaussianNoise(Intervention):
         """``[B, T, d]`` float32 noise for the absolute positions of this call (CPU generators)."""
         st = ctx.state
         if "gens" not in st:
-            st["gens"] = [torch.Generator().manual_seed(_mix(s, ctx.layer)) for s in self._row_seeds(B)]
+            key = (ctx.layer,) if ctx.point != "entry" else (ctx.layer, "entry")
+            st["gens"] = [torch.Generator().manual_seed(_mix(s, *key)) for s in self._row_seeds(B)]
             st["buf"] = torch.zeros(B, 0, d)
         need = int(ctx.abs_pos.max()) + 1
         buf = st["buf"]
@@ -480,7 +630,7 @@ class GaussianNoise(Intervention):
 
     def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
         B, d, dev = x.shape[0], x.shape[-1], x.device
-        s = _rows(self.sigma, B, "GaussianNoise.sigma", dev)
+        s = _rows(self.strength, B, "GaussianNoise.strength", dev)
         if self.relative:
             s = s * ctx.ref_norm.to(dev) / math.sqrt(d)
         eps = self.noise(ctx, B, d).to(dev)
@@ -488,17 +638,21 @@ class GaussianNoise(Intervention):
         return _apply_mult(x, coef * eps, ctx.mult)
 
     def _params(self) -> dict:
-        return {"sigma": _summ(self.sigma), "relative": self.relative, "seed": self.seed}
+        return {"strength": _summ(self.strength), "relative": self.relative, "seed": self.seed}
 
 
-def _mix(*parts: int) -> int:
+def _mix(*parts: Any) -> int:
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass
-class Ablate(Intervention):
-    """Project a direction out: ``h − (h·u)u`` with ``u = Δ/‖Δ‖`` (a schedule multiplier m removes ``m·(h·u)u``)."""
+class Ablate(ResidualEdit):
+    """Project a direction out: ``h − (h·u)u`` with ``u = Δ/‖Δ‖`` (a schedule multiplier m removes ``m·(h·u)u``).
+
+    A projection does not stack, so ``"every"`` does not compound; ``"held"`` gives the stream of ``"every"``
+    plus the ablation at the entry; ``"entry"`` lets the scale's blocks write the direction back.
+    """
 
     direction: Any = None
     kind: ClassVar[str] = "ablate"
@@ -510,6 +664,7 @@ class Ablate(Intervention):
         self.direction = _direction(self.direction, "Ablate.direction")
 
     def check(self, model: Any, layers: tuple[int, ...]) -> None:
+        super().check(model, layers)
         self._check_width(self.direction, model, "direction", layers)
 
     def apply(self, x: torch.Tensor, ctx: EditContext) -> torch.Tensor:
@@ -524,9 +679,11 @@ class Ablate(Intervention):
 
 @dataclass
 class AttentionEdit(Intervention):
-    """Attention temperature ``T`` (``T < 1`` sharpens, ``T > 1`` flattens).
+    """Attention temperature ``T`` (``T < 1`` sharpens, ``T > 1`` flattens) at every layer of the scale.
 
-    ``mode="query"`` multiplies ``hook_q`` by ``1/T``: ``(q/T)·k = scores/T`` exactly, on every architecture
+    Not a residual edit: each layer's own attention is tempered once (records say ``at="every"``); nothing is
+    carried in the residual stream from one layer's edit to the next, so there is nothing to stack or hold.
+    ``temperature`` is its strength knob (1 is the identity). ``mode="query"`` multiplies ``hook_q`` by ``1/T``: ``(q/T)·k = scores/T`` exactly, on every architecture
     (including BERT-style bridges that delegate attention to Hugging Face). ``"scores"`` divides the unmasked
     entries of ``hook_attn_scores`` by T (masked entries, ``-inf`` on HookedTransformer and ``finfo.min`` on the
     bridge, are left as they are). ``"pattern"`` re-weights ``hook_pattern`` as ``p^(1/T)`` renormalised over
@@ -536,10 +693,14 @@ class AttentionEdit(Intervention):
 
     temperature: Any = 1.0
     mode: str = "query"
+    _: KW_ONLY
+    site: str | None = None
     kind: ClassVar[str] = "attention"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.site is not None:
+            raise ConfigError(f"AttentionEdit edits attention hooks (mode={self.mode!r}), not the residual site {self.site!r}")
         self.temperature = _param(self.temperature, "AttentionEdit.temperature", lo=0.0, lo_open=True)
         if self.mode not in ATTENTION_MODES:
             raise ConfigError(f"AttentionEdit.mode must be one of {list(ATTENTION_MODES)}, got {self.mode!r}")
@@ -596,7 +757,7 @@ class AttentionEdit(Intervention):
 class SteeringRecord:
     """What a :func:`steer` block applied where.
 
-    ``interventions[i]`` describes intervention i (kind, parameters, resolved ``layers``, ``hooks``);
+    ``interventions[i]`` describes intervention i (kind, ``at``, parameters, resolved ``layers``, ``hooks``);
     ``forwards`` has one entry per forward pass: ``step``, ``columns`` ``[start, end)`` of the padded
     sequence seen, ``batch``, and ``edits`` ``{i: {"positions": absolute positions edited (union over rows),
     "rows": rows edited, "n": (row, position) pairs}}``. ``hook_calls`` counts calls per hook name.
@@ -606,6 +767,14 @@ class SteeringRecord:
     forwards: list[dict] = field(default_factory=list)
     hook_calls: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        ivs = "; ".join(f"{d.get('kind')} {d.get('scale') or ''} at={d.get('at')} layers {_span(d.get('layers'))}".replace("  ", " ")
+                        for d in self.interventions[:4])
+        more = f"; … +{len(self.interventions) - 4} more" if len(self.interventions) > 4 else ""
+        edits = sum(e["n"] for f in self.forwards for e in f["edits"].values())
+        return (f"SteeringRecord({len(self.interventions)} intervention(s): {ivs}{more};\n"
+                f"    {len(self.forwards)} forward pass(es), {edits} edit(s), {len(self.warnings)} warning(s))")
 
     def applied(self, i: int | None = None) -> bool:
         return any((i is None and f["edits"]) or (i is not None and i in f["edits"]) for f in self.forwards)
@@ -637,18 +806,27 @@ class SteeringRecord:
         warnings.warn(msg, UserWarning, stacklevel=level)
 
 
+def _span(layers: Sequence[int] | None) -> str:
+    if not layers:
+        return "-"
+    ls = list(layers)
+    return f"{ls[0]}-{ls[-1]}" if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 1 else ",".join(map(str, ls))
+
+
 # ----- the session behind steer() --------------------------------------------------------------------------
 @dataclass
 class _Bound:
     iv: Intervention
     index: int
     layers: tuple[int, ...]
-    names: dict[int, str]
+    points: list[_Point]
     phase: str
     positions: tuple | None
     schedule: Schedule | None
-    state: dict[int, dict] = field(default_factory=dict)
+    state: dict[tuple[int, str], dict] = field(default_factory=dict)
     cache: tuple = (-1, None, False)  # (forward id, mult, active)
+    held: bool = False  # at="held": each point's edit replaces the previous point's
+    carry: tuple = (-1, None)  # (forward id, float32 edit added at the previous point of this pass)
 
 
 @dataclass
@@ -685,7 +863,8 @@ class _Session:
         self.lengths = mask.long().sum(1)              # real prompt tokens
         self.step, self.end, self.prev = None, self.P, None
         for b in self.bound:
-            b.state = {x: {} for x in b.layers}
+            b.state = {(p.layer, p.point): {} for p in b.points}
+            b.carry = (-1, None)
         for x in self.cap_end:
             self.cap_end[x] = 0
             self.captured[x] = []
@@ -765,12 +944,12 @@ class _Session:
         b.cache = (self.fid, mult, active)
         return mult, active
 
-    def _reference(self, b: _Bound, layer: int, x: torch.Tensor) -> torch.Tensor:
-        st = b.state[layer]
+    def _reference(self, b: _Bound, pt: _Point, x: torch.Tensor) -> torch.Tensor:
+        st = b.state[(pt.layer, pt.point)]
         if "ref" not in st:
             if self.start != 0:
                 raise HookError(f"{type(b.iv).__name__}(relative=True) needs the prompt pass to measure residual norms "
-                                f"at layer {layer}, but the first pass it saw started at column {self.start}")
+                                f"at {pt.name}, but the first pass it saw started at column {self.start}")
             use = self.real & self.in_prompt[None, :]
             if self.bos:
                 use &= self.abs_pos >= 1
@@ -779,18 +958,25 @@ class _Session:
             st["ref"] = (norms * use).sum(1) / use.sum(1).clamp(min=1)
         return st["ref"]
 
-    def make_hook(self, entries: list[tuple[_Bound, int]], captures: list[int]):
+    def make_hook(self, entries: list[tuple[_Bound, _Point]], captures: list[int]):
         def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
             if self.step is None:
                 raise HookError("a steering hook fired before the first block's input hook; "
                                 "start_at_layer / partial forward passes are not supported inside steer()")
-            for b, layer in entries:
+            for b, pt in entries:
                 mult, active = self._mult(b)
-                ref = self._reference(b, layer, x) if b.iv.needs_reference and self.step == 0 else b.state[layer].get("ref")
+                key = (pt.layer, pt.point)
+                # held: apply to the stream without this intervention's edit from its previous point in this pass
+                prev = b.carry[1] if b.held and pt.point != "entry" and b.carry[0] == self.fid else None
+                base = x if prev is None else x.float() - prev
+                ref = self._reference(b, pt, base) if b.iv.needs_reference and self.step == 0 else b.state[key].get("ref")
                 if not active:
                     continue
-                ctx = EditContext(layer, self.step, mult, self.abs_pos, ref, b.state[layer])
-                x = b.iv.apply(x, ctx)
+                ctx = EditContext(pt.layer, self.step, mult, self.abs_pos, ref, b.state[key], pt.point)
+                y = b.iv.apply(base, ctx)
+                if b.held:
+                    b.carry = (self.fid, y.float() - base.float())
+                x = y if y.dtype == x.dtype else y.to(x.dtype)
             for layer in captures:
                 self._capture(layer, x)
             return x
@@ -811,13 +997,13 @@ def _bind(model: Any, interventions: Sequence[Intervention], scales: Scales, pha
     out = []
     for i, iv in enumerate(interventions):
         if not isinstance(iv, Intervention):
-            raise ConfigError(f"intervention {i} is a {type(iv).__name__}, expected Translate/Scale/GaussianNoise/AttentionEdit/Ablate")
+            raise ConfigError(f"intervention {i} is a {type(iv).__name__}, expected Translate/Rescale/GaussianNoise/AttentionEdit/Ablate")
         layers = iv.resolve_layers(model, scales)
         iv.check(model, layers)
-        names = {x: iv.hook_name(model, x) for x in layers}
-        out.append(_Bound(iv, i, layers, names, iv.phase or phase,
+        out.append(_Bound(iv, i, layers, iv.points(model, layers), iv.phase or phase,
                           iv._positions if iv.positions is not None else positions,
-                          iv.schedule if iv.schedule is not None else schedule))
+                          iv.schedule if iv.schedule is not None else schedule,
+                          held=isinstance(iv, ResidualEdit) and iv.at == "held"))
     return out
 
 
@@ -884,7 +1070,7 @@ def _steer(model: Any, interventions: Sequence[Intervention], *, scales: Any = N
     bound = _bind(model, list(interventions), scales, phase, pos, sch)
     record = SteeringRecord()
     for b in bound:
-        record.interventions.append({**b.iv.describe(), "layers": list(b.layers), "hooks": [b.names[x] for x in b.layers],
+        record.interventions.append({**b.iv.describe(), "layers": list(b.layers), "hooks": [p.name for p in b.points],
                                      "phase": b.phase, "positions": _describe_positions(b.positions),
                                      "schedule": b.schedule.to_dict() if b.schedule else None})
     never = _never_warnings(bound, encoder=_tl.is_encoder(model), max_steps=max_steps, prompt_lengths=prompt_lengths)
@@ -895,8 +1081,8 @@ def _steer(model: Any, interventions: Sequence[Intervention], *, scales: Any = N
 
     by_name: dict[str, tuple[list, list]] = {}
     for b in bound:
-        for x in b.layers:
-            by_name.setdefault(b.names[x], ([], []))[0].append((b, x))
+        for p in b.points:
+            by_name.setdefault(p.name, ([], []))[0].append((b, p))
     for x, n in cap.items():
         by_name.setdefault(n, ([], []))[1].append(x)
     tracker_name = _tl.resid_name(model, 0, "resid_pre")
@@ -939,166 +1125,3 @@ def steer(model: Any, *interventions: Intervention, scales: Any = None, phase: s
     with _steer(model, _flatten(interventions), scales=scales, phase=phase, positions=positions, schedule=schedule,
                 attention_mask=attention_mask) as (record, _):
         yield record
-
-
-# ----- directions ------------------------------------------------------------------------------------------
-def _scale_layers(model: Any, scale: str, scales: Any) -> tuple[Scales, tuple[int, ...]]:
-    sc = Scales.coerce(scales, _tl.n_layers(model))
-    return sc, sc[scale]
-
-
-def _pooled(model: Any, texts: Sequence[str], scale: str, scales: Any, *, pooling: str, per_layer: bool, site: str,
-            batch_size: int) -> dict[Any, torch.Tensor]:
-    """Per-scale (or per-layer) activations via :func:`msma_lens.capture.capture` (BOS/pad excluded)."""
-    from .capture import capture
-
-    _, layers = _scale_layers(model, scale, scales)
-    groups = {f"layer{x}": [x] for x in layers} if per_layer else {scale: layers}
-    acts = capture(model, Scales(groups), list(texts), pooling=pooling, layer_agg="mean", site=site,
-                   batch_size=batch_size, progress=False)
-    if per_layer:
-        return {x: acts[f"layer{x}"].double() for x in layers}
-    return {None: acts[scale].double()}
-
-
-def contrastive_direction(model: Any, positive: Sequence[str], negative: Sequence[str], scale: str, *, scales: Any = None,
-                          per_layer: bool = False, site: str = "resid_post", batch_size: int = 8) -> torch.Tensor | dict[int, torch.Tensor]:
-    """Difference of means ``mean(positive) − mean(negative)`` at a scale.
-
-    Each text is mean-pooled over its tokens except BOS/special/padding, averaged over the scale's layers
-    (``per_layer=True``: one vector per layer, as ``{layer: [d]}`` for :class:`Translate`). Not normalised:
-    use it as Δ directly, or with ``relative=True`` for a norm-relative strength.
-    """
-    if isinstance(positive, str) or isinstance(negative, str):
-        raise ConfigError("positive and negative must be lists of texts, not single strings")
-    pos = _pooled(model, positive, scale, scales, pooling="mean", per_layer=per_layer, site=site, batch_size=batch_size)
-    neg = _pooled(model, negative, scale, scales, pooling="mean", per_layer=per_layer, site=site, batch_size=batch_size)
-    out = {k: (pos[k].mean(0) - neg[k].mean(0)).float() for k in pos}
-    for k, v in out.items():
-        if float(v.norm()) == 0.0:
-            raise ConfigError(f"contrastive direction at scale {scale!r}{'' if k is None else f' layer {k}'} is zero: "
-                              "the two text sets give identical mean activations")
-    return out[None] if not per_layer else out
-
-
-def principal_direction(model: Any, texts: Sequence[str], scale: str, *, scales: Any = None, per_layer: bool = False,
-                        site: str = "resid_post", batch_size: int = 8,
-                        outlier_factor: float | None = 20.0) -> torch.Tensor | dict[int, torch.Tensor]:
-    """Unit top principal direction of the scale's token activations (BOS/special/padding excluded).
-
-    Massive-activation tokens (norm above ``outlier_factor`` × the median token norm; ``None`` keeps them)
-    are dropped first: a handful of them would otherwise be the top component. The sign is fixed so the mean
-    activation projects positively (or, if it is orthogonal, so the largest coordinate is positive).
-    """
-    if outlier_factor is not None and not (_is_num(outlier_factor) and outlier_factor > 1):
-        raise ConfigError(f"outlier_factor must be None or > 1, got {outlier_factor!r}")
-    if isinstance(texts, str):
-        raise ConfigError("texts must be a list of texts, not a single string")
-    acts = _pooled(model, texts, scale, scales, pooling="token", per_layer=per_layer, site=site, batch_size=batch_size)
-    out = {}
-    for k, X in acts.items():
-        if outlier_factor is not None and X.shape[0] > 0:
-            n = X.norm(dim=1)
-            X = X[n <= outlier_factor * n.median()]
-        if X.shape[0] < 2:
-            where = f"scale {scale!r}" + ("" if k is None else f" layer {k}")
-            raise ConfigError(f"principal_direction needs >= 2 content tokens at {where}, got {X.shape[0]}")
-        mu = X.mean(0)
-        Xc = X - mu
-        _, evecs = torch.linalg.eigh(Xc.T @ Xc)
-        v = evecs[:, -1]
-        proj = float(mu @ v)
-        orthogonal = abs(proj) < 1e-12 * float(mu.norm() + 1)
-        if (proj < 0 and not orthogonal) or (orthogonal and float(v[v.abs().argmax()]) < 0):
-            v = -v
-        out[k] = (v / v.norm()).float()
-    return out[None] if not per_layer else out
-
-
-def _map_model_id(fitted: Any) -> str | None:
-    for obj in (fitted, getattr(fitted, "map", None)):
-        if obj is None:
-            continue
-        meta = getattr(obj, "meta", None) or getattr(obj, "provenance", None)
-        if isinstance(meta, Mapping) and meta.get("model_id"):
-            return str(meta["model_id"])
-        if isinstance(getattr(obj, "model_id", None), str):
-            return obj.model_id
-    return None
-
-
-def _linear_part(fitted: Any) -> torch.Tensor:
-    """The ``[d_in, d_out]`` linear part of a fitted map (``s·W``; bias and any non-linear residual dropped)."""
-    if isinstance(fitted, torch.Tensor):
-        return fitted.detach().double()
-    if hasattr(fitted, "map") and not hasattr(fitted, "W"):  # FitOutput
-        fitted = fitted.map
-    lin = getattr(fitted, "linear", None)
-    if isinstance(lin, torch.Tensor):
-        return lin.detach().double()
-    W = getattr(fitted, "weight", None)
-    if not isinstance(W, torch.Tensor):
-        W = getattr(fitted, "W", None)
-    if not isinstance(W, torch.Tensor):
-        raise ConfigError(f"cannot transfer through a {type(fitted).__name__}: expected a tensor W [d_in, d_out], an object "
-                          "with .W / .weight / .linear, or one with .transfer_direction(direction)")
-    s = getattr(fitted, "scale", 1.0)
-    s = float(s.detach()) if isinstance(s, torch.Tensor) else float(s) if _is_num(s) else 1.0
-    return s * W.detach().double()
-
-
-def transfer_direction(direction: torch.Tensor, fitted_map: Any, *, model: Any = None, src: str | None = None,
-                       dst: str | None = None) -> torch.Tensor:
-    """Carry a direction across scales through a fitted map: ``v ↦ v·(s·W)``.
-
-    With an :class:`~msma_lens.alignment.AlignmentResult`, name the scales: ``src="global", dst="local"``
-    follows the chain of fitted maps (f_GI then f_IL) in raw residual units.
-
-    ``fitted_map`` may define ``transfer_direction(v)`` (used as is), or expose its linear part: a tensor
-    ``W [d_in, d_out]``, ``.linear`` (``ProcrustesFit``), ``.weight``/``.W`` with an optional scalar ``.scale``
-    (``CrossScaleMap``; a ``FitOutput``'s ``.map``). Only the linear part is used: a direction is a difference
-    of two points, so the bias cancels; a non-linear residual term of the map is ignored. The map maps source →
-    target activations, e.g. a map fitted global → intermediate carries a global edit to the intermediate
-    scale. With ``model=``, a map whose ``meta``/``model_id`` names another model raises ArtifactError.
-    """
-    v = _vector(direction, "direction")
-    if model is not None:
-        mid, mine = _map_model_id(fitted_map), _tl.provenance(model)["model_id"]
-        if mid is not None and mid != mine:
-            raise ArtifactError(f"the map was fitted on model {mid!r}, but the direction is for {mine!r}")
-    from .alignment import AlignmentResult
-
-    if isinstance(fitted_map, AlignmentResult):
-        if src is None or dst is None:
-            raise ConfigError(f"transfer through an AlignmentResult needs src= and dst= scale names; fitted maps: {list(fitted_map.maps)}")
-        return _vector(fitted_map.transfer_direction(v, src, dst).float(), "transferred direction")
-    if hasattr(fitted_map, "transfer_direction"):
-        out = fitted_map.transfer_direction(v)
-        return _vector(out, "transferred direction")
-    W = _linear_part(fitted_map)
-    if W.ndim != 2:
-        raise ConfigError(f"map weight must be 2-d [d_in, d_out], got shape {tuple(W.shape)}")
-    if v.shape[-1] != W.shape[0]:
-        raise ConfigError(f"direction has width {v.shape[-1]}, but the map expects d_in={W.shape[0]} (maps {W.shape[0]} -> {W.shape[1]})")
-    return _vector((v.double() @ W).float(), "transferred direction")
-
-
-def random_direction(like: torch.Tensor | int, *, seed: int = 0, norm: float | None = None) -> torch.Tensor:
-    """A seeded random direction: the norm-matched control for a real direction.
-
-    ``like`` a tensor ``[d]`` / ``[B, d]`` (the result has the same shape and per-row norms) or a width ``d``
-    (unit norm unless ``norm`` is given).
-    """
-    if norm is not None and not (_is_num(norm) and math.isfinite(norm) and norm > 0):
-        raise ConfigError(f"norm must be a positive finite number, got {norm!r}")
-    g = torch.Generator().manual_seed(int(seed))
-    if isinstance(like, int) and not isinstance(like, bool):
-        if like < 1:
-            raise ConfigError(f"random_direction width must be >= 1, got {like}")
-        v = torch.randn(like, generator=g, dtype=torch.float64)
-        target = torch.tensor(1.0 if norm is None else float(norm), dtype=torch.float64)
-    else:
-        ref = _vector(like, "like")
-        v = torch.randn(ref.shape, generator=g, dtype=torch.float64)
-        target = ref.double().norm(dim=-1, keepdim=True) if norm is None else torch.tensor(float(norm), dtype=torch.float64)
-    return (v / v.norm(dim=-1, keepdim=True) * target).float()

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import inspect
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from . import _tl, hookpoints
 from .activations import ScaleActivations
-from .alignment import AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
+from .alignment import VARIANTS, AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
 from .capture import capture as _capture
+from .directions import contrastive_direction as _contrastive_direction
+from .directions import layer_scales
+from .directions import principal_direction as _principal_direction
+from .directions import transfer_direction as _transfer_direction
+from .errors import ConfigError
 from .guard import guard_generation
+from .interventions import Intervention, Schedule, SteeringRecord
 from .scales import Scales
+from .steering import GenerationResult
+from .steering import generate as _generate
+from .steering import run_experiment as _run_experiment
 
 
 class MSMA:
@@ -69,12 +81,19 @@ class MSMA:
     def provenance(self) -> dict:
         return {**_tl.provenance(self.model), "scales": self.scales.to_dict(), "site": self.site, "hook_names": self.hook_names}
 
-    def capture(self, texts: Sequence[str] | torch.Tensor, **kwargs: Any) -> ScaleActivations:
-        """Per-scale activations of ``texts`` (documents, or ``[batch, pos]`` token ids with ``attention_mask=``).
+    def capture(self, texts: Sequence[str] | torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                pooling: str = "token", layer_agg: str | int | dict = "mean", batch_size: int = 8,
+                max_length: int | None = None, on_overflow: str = "warn", padding_side: str = "right",
+                prepend_bos: bool = True, shard_dir: str | os.PathLike | None = None,
+                progress: bool = True) -> ScaleActivations:
+        """Per-scale activations of ``texts`` (documents, or ``[batch, pos]`` token ids with ``attention_mask=``)
+        at this lens's scales and site.
 
         See :func:`msma_lens.capture.capture` for the options.
         """
-        return _capture(self.model, self.scales, texts, site=self.site, **kwargs)
+        return _capture(self.model, self.scales, texts, site=self.site, attention_mask=attention_mask, pooling=pooling,
+                        layer_agg=layer_agg, batch_size=batch_size, max_length=max_length, on_overflow=on_overflow,
+                        padding_side=padding_side, prepend_bos=prepend_bos, shard_dir=shard_dir, progress=progress)
 
     def _acts(self, acts: ScaleActivations | None, texts: Sequence[str] | None, what: str,
               progress: bool = True) -> ScaleActivations:
@@ -93,13 +112,73 @@ class MSMA:
         return fit_alignment(self._acts(acts, texts, "this lens", progress), cfg, checkpoint_dir=checkpoint_dir, progress=progress)
 
     def ablate(self, acts: ScaleActivations | None = None, cfg: AlignConfig | None = None, *,
-               texts: Sequence[str] | None = None, seeds: tuple[int, ...] = (0, 1, 2), progress: bool = True,
-               **kwargs: Any) -> AblationResult:
-        """Baseline / closed form / full / no-geometry / no-information / no-curvature over ``seeds``."""
-        return run_ablations(self._acts(acts, texts, "this lens", progress), cfg, seeds=seeds, progress=progress, **kwargs)
+               texts: Sequence[str] | None = None, variants: tuple[str, ...] = VARIANTS, seeds: tuple[int, ...] = (0, 1, 2),
+               level: float = 0.95, progress: bool = True) -> AblationResult:
+        """Baseline / closed form / full / no-geometry / no-information / no-curvature over ``seeds``.
+
+        See :func:`msma_lens.alignment.run_ablations`.
+        """
+        return run_ablations(self._acts(acts, texts, "this lens", progress), cfg, variants=variants, seeds=seeds, level=level,
+                             progress=progress)
+
+    # ----- directions --------------------------------------------------------------------------------
+    def _direction_acts(self, texts: Sequence[str], scale: str, arg: str, *, pooling: str, per_layer: bool,
+                        batch_size: int, progress: bool) -> ScaleActivations:
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ConfigError(f"{arg} must be a list of texts, got {type(texts).__name__}")
+        if not per_layer:
+            self.scales[scale]  # ConfigError naming an unknown scale before any forward pass
+            return self.capture(list(texts), pooling=pooling, batch_size=batch_size, progress=progress)
+        return _capture(self.model, layer_scales(self.scales, scale), list(texts), pooling=pooling, site=self.site,
+                        batch_size=batch_size, progress=progress)
+
+    def contrastive_direction(self, positive: Sequence[str], negative: Sequence[str], scale: str, *, per_layer: bool = False,
+                              batch_size: int = 8, progress: bool = False) -> torch.Tensor | dict[int, torch.Tensor]:
+        """Difference of mean activations of ``positive`` and ``negative`` texts at ``scale`` of this lens (``[d]``).
+
+        Each text is mean-pooled over its content tokens (BOS, special tokens and padding excluded) at the lens's
+        site and averaged over the scale's layers, exactly as ``lens.capture(texts, pooling="mean")[scale]``;
+        ``per_layer=True`` gives ``{layer: [d]}``. See :func:`msma_lens.directions.contrastive_direction`.
+        """
+        opts = {"pooling": "mean", "per_layer": per_layer, "batch_size": batch_size, "progress": progress}
+        pos = self._direction_acts(positive, scale, "positive", **opts)
+        neg = self._direction_acts(negative, scale, "negative", **opts)
+        return _contrastive_direction(pos, neg, scale, per_layer=per_layer)
+
+    def principal_direction(self, texts: Sequence[str], scale: str, *, per_layer: bool = False,
+                            outlier_factor: float | None = 20.0, batch_size: int = 8,
+                            progress: bool = False) -> torch.Tensor | dict[int, torch.Tensor]:
+        """Unit top principal direction of the token activations of ``texts`` at ``scale`` of this lens.
+
+        Token activations as ``lens.capture(texts, pooling="token")[scale]``; massive-activation tokens above
+        ``outlier_factor`` × the median norm are dropped first. See :func:`msma_lens.directions.principal_direction`.
+        """
+        if outlier_factor is not None and (isinstance(outlier_factor, bool) or not isinstance(outlier_factor, (int, float))
+                                           or outlier_factor <= 1):
+            raise ConfigError(f"outlier_factor must be None or > 1, got {outlier_factor!r}")
+        acts = self._direction_acts(texts, scale, "texts", pooling="token", per_layer=per_layer, batch_size=batch_size,
+                                    progress=progress)
+        return _principal_direction(acts, scale, per_layer=per_layer, outlier_factor=outlier_factor)
+
+    def transfer_direction(self, direction: torch.Tensor, alignment: AlignmentResult | Any, src: str | None = None,
+                           dst: str | None = None) -> torch.Tensor:
+        """Carry ``direction`` from scale ``src`` to ``dst`` through fitted maps (linear part, raw residual units).
+
+        ``alignment`` is usually ``lens.fit(...)``; it must come from this lens's model and scales (ArtifactError
+        otherwise). A single fitted map (tensor, ``ProcrustesFit``, ``CrossScaleMap``) needs no ``src``/``dst``.
+        See :func:`msma_lens.directions.transfer_direction`.
+        """
+        if isinstance(alignment, AlignmentResult):
+            alignment.check_matches(self.model_id, self.scales, what="this lens")
+            for name in (src, dst):
+                if name is not None:
+                    self.scales[name]  # ConfigError naming a scale the lens does not have
+        return _transfer_direction(direction, alignment, model=self.model, src=src, dst=dst)
 
     # ----- interventions ----------------------------------------------------------------------------
-    def steer(self, *interventions: Any, **kwargs: Any):
+    def steer(self, *interventions: Intervention, phase: str = "both", positions: Any = None,
+              schedule: Schedule | Mapping | tuple | None = None,
+              attention_mask: torch.Tensor | None = None) -> contextlib.AbstractContextManager[SteeringRecord]:
         """Context manager applying scale-specific interventions (see :func:`msma_lens.interventions.steer`).
 
         >>> with lens.steer(Translate("global", delta, strength=4.0), phase="generated") as record:
@@ -107,20 +186,42 @@ class MSMA:
         """
         from .interventions import steer
 
-        return steer(self.model, *interventions, scales=self.scales, **kwargs)
+        return steer(self.model, *interventions, scales=self.scales, phase=phase, positions=positions, schedule=schedule,
+                     attention_mask=attention_mask)
 
-    def generate(self, prompts: Sequence[str], interventions: Sequence[Any] = (), **kwargs: Any):
-        """KV-cached generation with interventions and optional per-scale capture of the steered trajectory."""
-        from .steering import generate
+    def generate(self, prompts: str | Sequence[str] | torch.Tensor, interventions: Intervention | Sequence[Intervention] | None = (),
+                 *, max_new_tokens: int = 20, do_sample: bool = False, attention_mask: torch.Tensor | None = None,
+                 seed: int = 0, phase: str = "both", positions: Any = None, schedule: Any = None,
+                 use_past_kv_cache: bool = True, capture_scales: bool | str | Sequence[str] | None = None,
+                 capture_site: str = "resid_post", stop_at_eos: bool = True, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None) -> GenerationResult:
+        """KV-cached generation with interventions and optional per-scale capture of the steered trajectory.
 
-        return generate(self.model, prompts, interventions, scales=self.scales, **kwargs)
+        Defaults as :func:`msma_lens.steering.generate`: 20 new tokens, greedy (``do_sample=False``).
+        """
+        return _generate(self.model, prompts, interventions, scales=self.scales, max_new_tokens=max_new_tokens,
+                         do_sample=do_sample, attention_mask=attention_mask, seed=seed, phase=phase, positions=positions,
+                         schedule=schedule, use_past_kv_cache=use_past_kv_cache, capture_scales=capture_scales,
+                         capture_site=capture_site, stop_at_eos=stop_at_eos, temperature=temperature, top_k=top_k,
+                         top_p=top_p)
 
     def experiment(self, prompts: Sequence[str], **kwargs: Any):
-        """prompts × scales × interventions × strengths × seeds → text-metric effects vs the unsteered baseline."""
-        from .steering import run_experiment
+        """prompts × scales × interventions × strengths × seeds → text-metric effects vs the unsteered baseline.
 
-        return run_experiment(self.model, prompts, scales=self.scales, **kwargs)
+        Takes the options of :func:`msma_lens.steering.run_experiment` (its signature is this method's).
+        """
+        return _run_experiment(self.model, prompts, scales=self.scales, **kwargs)
 
     def __repr__(self) -> str:
         p = _tl.provenance(self.model)
         return f"MSMA({p['model_id']!r}, {p['backend']}, {self.scales!r})"
+
+
+def _bound_signature(fn: Any, drop: tuple[str, ...]) -> inspect.Signature:
+    """``fn``'s signature with ``self`` first and the parameters the lens supplies (``drop``) removed."""
+    sig = inspect.signature(fn)
+    params = [p for n, p in sig.parameters.items() if n not in drop]
+    return sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *params])
+
+
+MSMA.experiment.__signature__ = _bound_signature(_run_experiment, ("model", "scales"))

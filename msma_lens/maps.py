@@ -2,8 +2,9 @@
 
 * ``W`` is a geoopt ``ManifoldParameter`` on the Stiefel manifold: orthogonal (square), a projection
   (``d_in > d_out``, orthonormal columns) or an isometric embedding (``d_in < d_out``; stored transposed, since
-  geoopt needs ``shape[-1] <= shape[-2]``). ``s = exp(a)`` is a scalar, ``b`` a bias, ``g`` an optional
-  2-layer MLP whose last layer starts at zero.
+  geoopt needs ``shape[-1] <= shape[-2]``). The gain ``s = exp(a)`` is a scalar (``.gain``, ``.log_gain``; the
+  old names ``.scale`` / ``.log_scale`` are deprecated: "scale" names a group of layers), ``b`` a bias, ``g`` an
+  optional 2-layer MLP whose last layer starts at zero.
 * Loss ``λ_geo·L_geo − λ_info·Î + λ_curv·L_curv``: normalised Procrustes residual, a neural MI lower bound
   on ``(f(x), y)`` (critic trained jointly; both maximise Î) and a second-difference curvature penalty on g.
 * For a square map without g, f is invertible and affine: Î and L_curv cannot change with f (methods.md §0),
@@ -20,6 +21,7 @@ import copy
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +72,7 @@ class CrossScaleMap(nn.Module):
         self.manifold = geoopt.Stiefel(canonical=(manifold == "canonical"))
         shape = (self.d_out, self.d_in) if self.transposed else (self.d_in, self.d_out)
         self.W = geoopt.ManifoldParameter(torch.eye(*shape), manifold=self.manifold)
-        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.log_gain = nn.Parameter(torch.zeros(()))
         self.bias = nn.Parameter(torch.zeros(self.d_out))
         self.residual: nn.Sequential | None = None
         if self.residual_hidden > 0:
@@ -89,12 +91,37 @@ class CrossScaleMap(nn.Module):
         return self.W.T if self.transposed else self.W
 
     @property
+    def gain(self) -> torch.Tensor:
+        """The scalar gain ``s = exp(log_gain)``."""
+        return self.log_gain.exp()
+
+    @property
+    def linear(self) -> torch.Tensor:
+        """The ``[d_in, d_out]`` linear part ``s·W`` (what carries a direction across scales)."""
+        return self.gain * self.weight
+
+    @property
     def scale(self) -> torch.Tensor:
-        return self.log_scale.exp()
+        """Deprecated alias of :attr:`gain`."""
+        warnings.warn("CrossScaleMap.scale is deprecated; use .gain (a scale is a group of layers)", DeprecationWarning,
+                      stacklevel=2)
+        return self.gain
+
+    @property
+    def log_scale(self) -> torch.Tensor:
+        """Deprecated alias of :attr:`log_gain`."""
+        warnings.warn("CrossScaleMap.log_scale is deprecated; use .log_gain", DeprecationWarning, stacklevel=2)
+        return self.log_gain
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        old = prefix + "log_scale"  # maps saved before the rename
+        if old in state_dict and prefix + "log_gain" not in state_dict:
+            state_dict[prefix + "log_gain"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def affine(self, x: torch.Tensor) -> torch.Tensor:
         """``s·x W + b`` (the map without g)."""
-        return self.scale * (x @ self.weight) + self.bias
+        return self.gain * (x @ self.weight) + self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.affine(x)
@@ -137,7 +164,7 @@ class CrossScaleMap(nn.Module):
             raise NumericsError(f"closed-form scale is {fit.scale}: X and Y are uncorrelated; cannot take log(scale)")
         W = fit.W.T if self.transposed else fit.W
         self.W.data.copy_(W.to(self.W))  # .data: keep the ManifoldParameter (and its manifold) intact
-        self.log_scale.fill_(math.log(fit.scale))
+        self.log_gain.fill_(math.log(fit.scale))
         self.bias.copy_(fit.bias.to(self.bias))
         return fit
 
@@ -343,7 +370,7 @@ def fit_map(
     row counts and finiteness are checked). ``map`` (optional) is copied and trained from its current state
     (``cfg.init``, ``cfg.residual_hidden`` and ``cfg.manifold`` are then ignored); otherwise a new
     :class:`CrossScaleMap` is built and initialised per ``cfg.init``. Optimiser: geoopt ``RiemannianAdam`` with
-    a Stiefel group (``cfg.stiefel_lr``) and a Euclidean group (``cfg.lr``; map scale, bias, g and the
+    a Stiefel group (``cfg.stiefel_lr``) and a Euclidean group (``cfg.lr``; map gain, bias, g and the
     critic), ``stabilize``, cosine decay to 0 over ``cfg.steps``. Every ``eval_every`` steps the held-out
     objective (same λs; Î on held-out batches of ``eval_batch_size``) is evaluated; the best state is kept and
     training stops after ``patience`` evaluations without improvement.

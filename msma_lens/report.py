@@ -11,17 +11,26 @@ from .activations import ScaleActivations
 from .artifacts import write_text_atomic
 
 
-def twonn_dimension(x: torch.Tensor, max_points: int = 2000, seed: int = 0) -> float:
-    """TwoNN intrinsic dimension (MLE form, (N-1)/Σ log(r2/r1)) on a subsample; duplicates are dropped."""
+def twonn_log_ratios(x: torch.Tensor, max_points: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-point TwoNN statistics log(r2/r1) (float64) on a seeded subsample of at most ``max_points`` rows, and
+    the indices of those rows in ``x``. r1, r2: distances to the first and second nearest neighbour in the
+    subsample; points with a duplicate (r1 = 0) are dropped."""
     x = x.double()
+    rows = torch.arange(x.shape[0])
     if x.shape[0] > max_points:
         g = torch.Generator().manual_seed(seed)
-        x = x[torch.randperm(x.shape[0], generator=g)[:max_points]]
+        rows = torch.randperm(x.shape[0], generator=g)[:max_points]
+        x = x[rows]
     d = torch.cdist(x, x)
     d.fill_diagonal_(float("inf"))
     r = torch.topk(d, 2, largest=False).values
     ok = r[:, 0] > 0
-    mu = (r[ok, 1] / r[ok, 0]).log()
+    return (r[ok, 1] / r[ok, 0]).log(), rows[ok]
+
+
+def twonn_dimension(x: torch.Tensor, max_points: int = 2000, seed: int = 0) -> float:
+    """TwoNN intrinsic dimension (MLE form, (N-1)/Σ log(r2/r1)) on a subsample; duplicates are dropped."""
+    mu, _ = twonn_log_ratios(x, max_points, seed)
     return float((mu.numel() - 1) / mu.sum()) if mu.numel() > 2 else float("nan")
 
 

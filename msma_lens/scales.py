@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -42,10 +43,17 @@ def preset_names() -> list[str]:
 class Scales:
     """An ordered mapping ``scale name -> tuple of block indices``.
 
-    Build it from explicit layers (``Scales({"local": range(0, 4), ...})``), from inclusive ranges
-    (:meth:`from_ranges`), from depth fractions (:meth:`from_fractions`), from a published partition
-    (:meth:`preset`) or as thirds of any depth (:meth:`default`). Groups must be non-empty, contiguous and
-    non-overlapping; :meth:`validate` checks them against a model depth.
+    One convention for layer specs everywhere: a ``range`` or a list is the explicit set of layers it holds
+    (``range(0, 4)`` and ``[0, 1, 2, 3]`` are layers 0-3, Python's exclusive stop); a 2-tuple ``(first, last)``
+    is an **inclusive** range (``(0, 3)`` is layers 0-3), as in :meth:`from_ranges`, ``to_dict`` files and the
+    CLI's ``--scales local=0-3``. So ``Scales({"local": (0, 3)})``, ``Scales({"local": range(0, 4)})``,
+    ``Scales({"local": [0, 1, 2, 3]})`` and ``Scales.from_ranges({"local": (0, 3)})`` are the same partition.
+    (Tuples of other lengths, the form in which :attr:`groups` stores layers, are explicit layers, so
+    ``Scales(s.groups)`` rebuilds ``s``; a stored 2-layer group ``(a, a + 1)`` reads the same either way.)
+
+    Also: depth fractions (:meth:`from_fractions`), a published partition (:meth:`preset`) or thirds of any
+    depth (:meth:`default`). Groups must be non-empty, contiguous and non-overlapping; :meth:`validate`
+    checks them against a model depth.
     """
 
     groups: Mapping[str, tuple[int, ...]]
@@ -60,10 +68,7 @@ class Scales:
         for name, layers in self.groups.items():
             if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(f"scale name {name!r} must be a non-empty identifier (letters, digits, '_' or '-')")
-            try:
-                ls = tuple(int(x) for x in layers)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"scale {name!r}: layers must be integers, got {layers!r}") from e
+            ls = _layer_spec(name, layers)
             if len(ls) == 0:
                 raise ConfigError(f"scale {name!r} is empty")
             if any(x < 0 for x in ls):
@@ -85,15 +90,15 @@ class Scales:
     # ----- constructors -------------------------------------------------------------------------------
     @classmethod
     def from_ranges(cls, ranges: Mapping[str, tuple[int, int]], n_layers: int | None = None) -> Scales:
-        """Inclusive ``(first, last)`` layer ranges, e.g. ``{"local": (0, 9), "intermediate": (10, 19)}``."""
+        """Inclusive ``(first, last)`` layer ranges, e.g. ``{"local": (0, 9), "intermediate": (10, 19)}``.
+
+        A ``[first, last]`` list is read as a range too (as in ``to_dict`` files).
+        """
         groups = {}
         for name, r in ranges.items():
             if not (isinstance(r, (tuple, list)) and len(r) == 2):
                 raise ConfigError(f"scale {name!r}: range must be (first, last), got {r!r}")
-            first, last = int(r[0]), int(r[1])
-            if last < first:
-                raise ConfigError(f"scale {name!r} is empty: range ({first}, {last})")
-            groups[name] = range(first, last + 1)
+            groups[name] = _inclusive(name, r)
         return cls(groups, n_layers=n_layers, source="ranges")
 
     @classmethod
@@ -184,6 +189,12 @@ class Scales:
     def items(self):
         return [(n, self.groups[n]) for n in self._order]
 
+    def select(self, *names: str) -> Scales:
+        """The sub-partition holding only the scales ``names`` (in that order); ConfigError names an unknown one."""
+        if not names:
+            raise ConfigError(f"select needs at least one scale name; scales are {list(self._order)}")
+        return Scales({n: list(self[n]) for n in names}, n_layers=self.n_layers, source=self.source)
+
     def scale_of(self, layer: int) -> str | None:
         for n in self._order:
             if layer in self.groups[n]:
@@ -241,6 +252,33 @@ class Scales:
     def __repr__(self) -> str:
         body = ", ".join(f"{n}={self.groups[n][0]}-{self.groups[n][-1]}" for n in self._order)
         return f"Scales({body})"
+
+
+def _index(name: str, x: object, spec: object) -> int:
+    if isinstance(x, bool):
+        raise ConfigError(f"scale {name!r}: layers must be integers, got {spec!r}")
+    try:
+        return operator.index(x)  # ints, numpy and 0-d torch integers; not floats or strings
+    except TypeError:
+        raise ConfigError(f"scale {name!r}: layers must be integers, got {spec!r}") from None
+
+
+def _inclusive(name: str, r: tuple | list) -> range:
+    """``(first, last)``, both included."""
+    first, last = _index(name, r[0], r), _index(name, r[1], r)
+    if last < first:
+        raise ConfigError(f"scale {name!r} is empty: inclusive range ({first}, {last}) has last < first")
+    return range(first, last + 1)
+
+
+def _layer_spec(name: str, layers: object) -> tuple[int, ...]:
+    """A 2-tuple is an inclusive ``(first, last)`` range; a range, list or other iterable is the explicit layers."""
+    if isinstance(layers, tuple) and len(layers) == 2:
+        return tuple(_inclusive(name, layers))
+    if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
+        raise ConfigError(f"scale {name!r}: layers must be a range, a list of layer indices or an inclusive (first, last) "
+                          f"tuple, got {layers!r}")
+    return tuple(_index(name, x, layers) for x in layers)
 
 
 def _check_depth(n_layers) -> int:

@@ -27,12 +27,15 @@ from .artifacts import write_csv_atomic, write_json_atomic, write_text_atomic
 from .errors import ArtifactError, ConfigError, DegenerateBaselineError
 from .guard import kv_cache_usable
 from .interventions import (
+    AT_MODES,
+    DEFAULT_AT,
     AttentionEdit,
     GaussianNoise,
     Intervention,
-    Scale,
+    Rescale,
     SteeringRecord,
     Translate,
+    _deprecated,
     _flatten,
     _mix,
     _Sequence,
@@ -46,6 +49,8 @@ __all__ = [
     "DEFAULT_METRICS",
     "DEFAULT_STRENGTHS",
     "INTERVENTION_KINDS",
+    "KIND_ALIASES",
+    "canonical_kind",
     "ExperimentResult",
     "check_baseline",
     "corpus_perplexity",
@@ -129,6 +134,17 @@ class GenerationResult:
     record: SteeringRecord
     capture: GenerationCapture | None = None
     settings: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        st = self.settings
+        head = ", ".join(f"{k}={st[k]!r}" for k in ("model_id", "max_new_tokens", "do_sample", "seed") if k in st)
+        n_new = [len(g) for g in self.generated]
+        first = self.texts[0] if self.texts else ""
+        first = repr(first if len(first) <= 60 else first[:57] + "...")
+        cap = f", captured scales {list(self.capture.acts)}" if self.capture is not None else ""
+        return (f"GenerationResult({head + ', ' if head else ''}prompts={len(self.prompts)}, tokens={list(self.tokens.shape)},\n"
+                f"    new tokens {min(n_new, default=0)}-{max(n_new, default=0)}, interventions={len(self.record.interventions)}"
+                f"{cap}, texts[0]={first})")
 
 
 def _check_prompts(prompts: Any) -> list[str]:
@@ -286,12 +302,16 @@ def _assemble_capture(session: Any, sc: Scales, names: list[str], tokens: torch.
 
 
 # ----- the experiment runner -------------------------------------------------------------------------------
-INTERVENTION_KINDS = ("translate", "scale", "noise", "attention")
+INTERVENTION_KINDS = ("translate", "rescale", "noise", "attention")
+KIND_ALIASES = {"scale": "rescale"}  # deprecated kind names, accepted with a DeprecationWarning for one release
+# What the stream holds at each layer of the scale under the default at="held" (no stacking). at="every" stacks
+# the residual edits over the scale's layers (rescale 1.5 -> 35x the unsteered norm over SmolLM2's 10-layer
+# intermediate scale): give it much smaller strengths.
 DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
     "translate": (0.5, 1.0, 2.0),  # × mean residual norm along the direction (relative=True)
-    "scale": (0.5, 1.5, 2.0),      # α
+    "rescale": (0.5, 1.5, 2.0),    # factor on the scale's stream
     "noise": (0.1, 0.5, 1.0),      # σ × RMS residual coordinate (relative=True)
-    "attention": (0.5, 2.0),       # temperature via hook_q
+    "attention": (0.5, 2.0),       # temperature via hook_q, at every layer of the scale
 }
 DEFAULT_METRICS = ("ttr", "distinct_2", "sentence_count", "mean_sentence_length", "max_dependency_depth", "coherence",
                    "sentiment_consistency", "repetition_rate", "compression_ratio", "perplexity")
@@ -301,17 +321,31 @@ TESTS = {"paired": stats.paired_t_test, "welch": stats.welch_t_test}
 Factory = Callable[[str, float, int], "Intervention | Sequence[Intervention]"]
 
 
-def _builtin_factory(kind: str, directions: dict[str, torch.Tensor]) -> Callable[..., Any]:
+def canonical_kind(kind: str) -> str:
+    """A built-in intervention kind's current name (``"scale"`` → ``"rescale"`` with a DeprecationWarning)."""
+    if kind in KIND_ALIASES:
+        _deprecated(f"intervention kind {kind!r} is deprecated; use {KIND_ALIASES[kind]!r}")
+        return KIND_ALIASES[kind]
+    return kind
+
+
+def _builtin_factory(kind: str, directions: dict[str, torch.Tensor], at: str) -> Callable[..., Any]:
     def make(scale: str, strength: float, seed: int, rows: list[int]):
         if kind == "translate":
-            return Translate(scale, directions[scale], strength=strength, relative=True)
-        if kind == "scale":
-            return Scale(scale, strength)
+            return Translate(scale, directions[scale], strength=strength, relative=True, at=at)
+        if kind == "rescale":
+            return Rescale(scale, strength, at=at)
         if kind == "noise":  # one noise stream per (seed, prompt): independent rows, batch-invariant
-            return GaussianNoise(scale, strength, relative=True, seed=[_mix(seed, i) % (2**62) for i in rows])
+            return GaussianNoise(scale, strength, relative=True, seed=[_mix(seed, i) % (2**62) for i in rows], at=at)
         return AttentionEdit(scale, strength, mode="query")
 
     return make
+
+
+def _modes(ivs: Any) -> set[str]:
+    """The ``at`` of each intervention a factory built (AttentionEdit and per-layer custom edits: ``"every"``)."""
+    ivs = ivs if isinstance(ivs, (list, tuple)) else [ivs]
+    return {str(getattr(iv, "at", "every")) for iv in _flatten(tuple(ivs))}
 
 
 def _user_factory(fn: Factory) -> Callable[..., Any]:
@@ -356,6 +390,10 @@ class ExperimentResult:
         head = (f"{'scale':<13}{'intervention':<13}{'strength':>9}  {'metric':<22}{'baseline':>9}{'steered':>9}"
                 f"{'%change':>9}{'effect':>8}{'95% CI':>17}{'p_holm':>9}")
         lines = [head]
+        ats = {k: v for k, v in (self.config.get("at") or {}).items() if v}
+        if ats:
+            lines.insert(0, "applied at: " + ", ".join(f"{k} {v}" for k, v in ats.items())
+                         + " (held/entry: one edit at a time; every: stacked over the scale's layers)")
         bc = self.config.get("baseline_check")
         if bc:
             lines.insert(0, f"baseline check: median perplexity of unsteered samples {bc['baseline_median_perplexity']:.1f} vs "
@@ -554,6 +592,7 @@ def run_experiment(
     use_scales: Sequence[str] | None = None,
     interventions: Sequence[str] | Mapping[str, Factory] = INTERVENTION_KINDS,
     strengths: Mapping[str, Sequence[float]] | None = None,
+    at: str = DEFAULT_AT,
     seeds: Sequence[int] = (0,),
     metrics: Sequence[str] | None = None,
     direction: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
@@ -578,9 +617,11 @@ def run_experiment(
     """prompts × scales × interventions × strengths × seeds → per-metric changes vs the unsteered baseline.
 
     ``interventions``: built-in kinds (``translate``: relative strength along ``direction`` — default a seeded
-    random unit direction per scale; ``scale``: α; ``noise``: relative σ, independent per prompt;
+    random unit direction per scale; ``rescale``: factor; ``noise``: relative σ, independent per prompt;
     ``attention``: temperature via ``hook_q``) or ``{name: factory(scale, strength, seed)}`` returning
-    interventions. ``strengths`` defaults to :data:`DEFAULT_STRENGTHS`. Each (seed, prompt) pair gets the
+    interventions. ``strengths`` defaults to :data:`DEFAULT_STRENGTHS`. ``at``: where the built-in residual kinds
+    act (``"held"``, ``"entry"`` or ``"every"``, see :mod:`msma_lens.interventions`; factories set their own); the
+    mode of each kind is recorded in ``config["at"]`` and in every table and sample row. Each (seed, prompt) pair gets the
     same sampling seed in the baseline and every steered run, so samples are paired (``test="paired"``; or
     ``"welch"``). ``metrics``: names from :data:`msma_lens.text.TEXT_METRICS` (default :data:`DEFAULT_METRICS`).
     ``progress``: a tqdm bar on stderr over the grid cells (baseline per seed, then scale × kind × strength × seed).
@@ -612,15 +653,20 @@ def run_experiment(
     seeds = [_check_int(s, "seed", 0) for s in seeds]
     if not seeds:
         raise ConfigError("seeds is empty")
+    if at not in AT_MODES:
+        raise ConfigError(f"at must be one of {list(AT_MODES)}, got {at!r}")
     if isinstance(interventions, Mapping):
         factories = {k: _user_factory(f) for k, f in interventions.items()}
     else:
         kinds = [interventions] if isinstance(interventions, str) else list(interventions)
+        kinds = list(dict.fromkeys(canonical_kind(k) for k in kinds))
         bad = [k for k in kinds if k not in INTERVENTION_KINDS]
         if bad or not kinds:
             raise ConfigError(f"unknown intervention kind(s) {bad}; valid: {list(INTERVENTION_KINDS)} (or pass {{name: factory}})")
+        if strengths:
+            strengths = {canonical_kind(k): v for k, v in strengths.items()}
         dirs = _directions(direction, sc, scale_names, _tl.d_model(model), direction_seed) if "translate" in kinds else {}
-        factories = {k: _builtin_factory(k, dirs) for k in kinds}
+        factories = {k: _builtin_factory(k, dirs, at) for k in kinds}
     grid_strengths = {}
     for k in factories:
         st = (strengths or {}).get(k, DEFAULT_STRENGTHS.get(k))
@@ -655,8 +701,8 @@ def run_experiment(
     for seed in seeds:
         for i, text, vals in run(None, seed):
             base[(seed, i)] = vals
-            samples.append({"seed": seed, "prompt_index": i, "scale": None, "intervention": "baseline", "strength": None,
-                            "text": text, **vals})
+            samples.append({"seed": seed, "prompt_index": i, "scale": None, "intervention": "baseline", "at": None,
+                            "strength": None, "text": text, **vals})
         if bar is not None:
             bar.update()
     sanity = None
@@ -671,15 +717,23 @@ def run_experiment(
                 bar.close()
             raise
     steered: dict[tuple, dict[tuple[int, int], dict]] = {}
+    modes: dict[str, set[str]] = {}  # the ``at`` of what each kind's factory built
+
+    def mode(k: str) -> str | None:
+        return "/".join(sorted(modes[k])) if modes.get(k) else None
+
     for s, k, st, seed in jobs:
         fac = factories[k]
 
-        def make(sd: int, idx: list[int], fac=fac, s=s, st=st) -> Any:
-            return fac(s, st, sd, idx)
+        def make(sd: int, idx: list[int], fac=fac, s=s, st=st, k=k) -> Any:
+            ivs = fac(s, st, sd, idx)
+            modes.setdefault(k, set()).update(_modes(ivs))
+            return ivs
 
         for i, text, vals in run(make, seed):
             steered.setdefault((s, k, st), {})[(seed, i)] = vals
-            samples.append({"seed": seed, "prompt_index": i, "scale": s, "intervention": k, "strength": st, "text": text, **vals})
+            samples.append({"seed": seed, "prompt_index": i, "scale": s, "intervention": k, "at": mode(k), "strength": st,
+                            "text": text, **vals})
         if bar is not None:
             bar.update()
     if bar is not None:
@@ -691,7 +745,7 @@ def run_experiment(
         for m in metric_names:
             a = [vals[key][m] for key in keys]
             b = [base[key][m] for key in keys]
-            row = {"scale": s, "intervention": k, "strength": st, "metric": m}
+            row = {"scale": s, "intervention": k, "at": mode(k), "strength": st, "metric": m}
             row.update(_compare(a, b, effect, test, n_boot, boot_seed=_mix(len(table)) % (2**31)))
             table.append(row)
     adj = stats.holm([r["p_value"] for r in table])
@@ -699,7 +753,7 @@ def run_experiment(
         r["p_holm"] = float(p)
         r["significant"] = bool(math.isfinite(p) and p < alpha)
     config = {"baseline_check": sanity, "prompts": prompts, "scales": sc.to_dict(), "scales_used": scale_names, "interventions": list(factories),
-              "strengths": grid_strengths, "seeds": seeds, "metrics": metric_names, "effect": effect, "test": test,
+              "at": {k: mode(k) for k in factories}, "strengths": grid_strengths, "seeds": seeds, "metrics": metric_names, "effect": effect, "test": test,
               "n_boot": n_boot, "alpha": alpha, "max_new_tokens": max_new_tokens, "do_sample": do_sample,
               "temperature": temperature, "top_p": top_p, "top_k": top_k, "phase": phase, "batch_size": batch_size,
               "use_past_kv_cache": use_past_kv_cache, "direction_seed": direction_seed if direction is None else None,

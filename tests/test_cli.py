@@ -36,7 +36,7 @@ _TEXT_DEPS = all(importlib.util.find_spec(m) for m in ("spacy", "en_core_web_sm_
 @pytest.mark.skipif(not _TEXT_DEPS, reason="the steering stage scores text with the [text] extras and MiniLM")
 def test_run_writes_summary_and_html(tmp_path, capsys):
     rc = main(["run", "--model", "tiny-llama", "--max-docs", "12", "--out", str(tmp_path / "o"), "--steps", "4",
-               "--residual-hidden", "0", "--n-prompts", "3", "--max-new-tokens", "4", "--interventions", "scale,noise"])
+               "--residual-hidden", "0", "--n-prompts", "3", "--max-new-tokens", "4", "--interventions", "rescale,noise", "--at", "entry"])
     assert rc == 0
     out = tmp_path / "o"
     assert "global->intermediate" in (out / "alignment.txt").read_text()
@@ -44,7 +44,8 @@ def test_run_writes_summary_and_html(tmp_path, capsys):
 
     assert set(AlignmentResult.load(out / "alignment").maps) == {"global->intermediate", "intermediate->local"}
     exp = ExperimentResult.load(out / "steering")
-    assert {r["intervention"] for r in exp.table} == {"scale", "noise"} and {r["scale"] for r in exp.table} == {"local", "intermediate", "global"}
+    assert {r["intervention"] for r in exp.table} == {"rescale", "noise"} and {r["scale"] for r in exp.table} == {"local", "intermediate", "global"}
+    assert exp.config["at"] == {"rescale": "entry", "noise": "entry"} and exp.config["strengths"] == {"rescale": [1.5], "noise": [0.3]}
     assert "p_holm" in (out / "steering.txt").read_text() and (out / "steering" / "heatmap.html").is_file()
     summary = (out / "summary.txt").read_text()
     assert "local" in summary and "global" in summary and "TwoNN" in summary
@@ -88,8 +89,9 @@ def _one_error_line(capsys) -> str:
     (["capture", "--scales", "gpt3"], "--scales", "'gpt3'"),
     (["steer", "--strengths", "translate=abc"], "--strengths", "'translate=abc'"),
     (["steer", "--strengths", "rotate=1"], "--strengths", "'rotate'"),
-    (["steer", "--interventions", "scale", "--strengths", "noise=1"], "--strengths", "['noise']"),
-    (["steer", "--interventions", "scale,rotate"], "--interventions", "['rotate']"),
+    (["steer", "--interventions", "rescale", "--strengths", "noise=1"], "--strengths", "['noise']"),
+    (["steer", "--interventions", "rescale,rotate"], "--interventions", "['rotate']"),
+    (["steer", "--at", "twice"], "--at", "'twice'"),
     (["steer", "--gen-seeds", "0,x"], "--gen-seeds", "'0,x'"),
     (["steer", "--n-prompts", "0"], "--n-prompts", "'0'"),
     (["steer", "--use-scales", "local,,global"], "--use-scales", "'local,,global'"),
@@ -113,6 +115,19 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, argv, 
     line = _one_error_line(capsys)
     assert f"argument {option}: " in line and value in line, line
     assert not (tmp_path / "o").exists()  # rejected before any work
+
+
+def test_steer_mode_and_deprecated_kind_names(capsys):
+    from msma_lens.cli import _MAIN_STRENGTHS, _MAIN_STRENGTHS_EVERY, build_parser
+
+    args = build_parser().parse_args(["steer", "--out", "o", "--interventions", "scale,noise", "--strengths", "scale=1.2"])
+    assert args.interventions == ("rescale", "noise") and args.strengths == {"rescale": (1.2,)} and args.at == "held"
+    assert capsys.readouterr().err.count("intervention kind 'scale' is deprecated; use 'rescale'") == 2
+    assert build_parser().parse_args(["steer", "--out", "o", "--at", "every"]).at == "every"
+    assert set(_MAIN_STRENGTHS) == set(_MAIN_STRENGTHS_EVERY) == {"translate", "rescale", "noise", "attention"}
+    # held / entry strengths are what the stream carries; every stacks them over a scale's layers, so it gets less
+    assert all(abs(_MAIN_STRENGTHS_EVERY[k][0] - n) <= abs(_MAIN_STRENGTHS[k][0] - n)
+               for k, n in (("translate", 0), ("rescale", 1), ("noise", 0)))
 
 
 def test_missing_argument_and_unknown_command_exit_2(capsys):

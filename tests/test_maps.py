@@ -57,6 +57,23 @@ def test_init_from_procrustes_equals_closed_form():
         assert torch.count_nonzero(m.residual(X)) == 0  # zero-initialised last layer: g ≡ 0
 
 
+def test_gain_is_the_scalar_and_old_scale_names_are_deprecated_aliases():
+    X, Y, _, _ = _planted(300, 12, 1, 0)
+    m = CrossScaleMap(12, 12)
+    fit = m.init_from_procrustes(X, Y)
+    assert float(m.gain.detach()) == pytest.approx(fit.scale, rel=1e-6) and float(m.log_gain.detach()) == pytest.approx(math.log(fit.scale))
+    assert torch.allclose(m.linear, m.gain * m.weight) and "log_gain" in m.state_dict()
+    with pytest.deprecated_call(match=r"CrossScaleMap.scale is deprecated; use .gain") as rec:
+        assert torch.equal(m.scale, m.gain)
+    with pytest.deprecated_call(match=r"CrossScaleMap.log_scale is deprecated; use .log_gain"):
+        assert m.log_scale is m.log_gain
+    assert {w.filename for w in rec} == {__file__}
+    old = {("log_scale" if k == "log_gain" else k): v for k, v in m.state_dict().items()}  # saved before the rename
+    fresh = CrossScaleMap(12, 12)
+    fresh.load_state_dict(old)  # strict: no missing or unexpected keys
+    assert _state_equal(fresh, m)
+
+
 def test_riemannian_fit_from_identity_reaches_closed_form():
     X, Y, _, _ = _planted(512, 16, 1, 1)
     cfg = _geo_only(init="identity", stiefel_lr=0.3, lr=1e-2, steps=300, batch_size=512)

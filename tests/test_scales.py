@@ -62,3 +62,54 @@ def test_out_of_range_and_wrong_depth():
         Scales.from_fractions(12, (0.5,), names=("a", "b", "c"))
     with pytest.raises(ConfigError, match="scale 'intermediate' is empty"):
         Scales.from_fractions(2, (0.3, 0.4))
+
+
+# ----- one convention for layer specs: range/list = explicit layers, (first, last) tuple = inclusive ----------
+def test_every_input_form_gives_the_same_partition():
+    from msma_lens.cli import build_parser
+
+    cli = build_parser().parse_args(["capture", "--scales", "local=0-3,intermediate=4-9,global=10-11", "--out", "x"]).scales
+    want = {"local": (0, 1, 2, 3), "intermediate": (4, 5, 6, 7, 8, 9), "global": (10, 11)}
+    forms = [
+        Scales({"local": range(0, 4), "intermediate": range(4, 10), "global": range(10, 12)}),  # Python range: stop excluded
+        Scales({"local": [0, 1, 2, 3], "intermediate": list(range(4, 10)), "global": [10, 11]}),  # explicit layer lists
+        Scales({"local": (0, 3), "intermediate": (4, 9), "global": (10, 11)}),  # tuples: inclusive (first, last)
+        Scales.from_ranges({"local": (0, 3), "intermediate": (4, 9), "global": (10, 11)}),
+        Scales.from_ranges({"local": [0, 3], "intermediate": [4, 9], "global": [10, 11]}),
+        Scales.coerce({"local": (0, 3), "intermediate": (4, 9), "global": (10, 11)}, 12),
+        cli,  # the CLI's --scales: inclusive
+    ]
+    for s in forms:
+        assert dict(s.groups) == want and s.names == ("local", "intermediate", "global")
+    assert Scales.from_dict(forms[2].to_dict()).same_partition(forms[0])
+    assert forms[2].to_dict()["groups"] == {"local": [0, 3], "intermediate": [4, 9], "global": [10, 11]}
+
+
+def test_tuple_is_inclusive_in_the_constructor():
+    s = Scales({"local": (0, 9), "global": (10, 10)})  # not layers {0, 9}: that would be non-contiguous
+    assert s["local"] == tuple(range(10)) and s["global"] == (10,)
+    assert Scales({"g": (2, 3)})["g"] == Scales({"g": [2, 3]})["g"] == (2, 3)  # a 2-layer group reads the same either way
+    d = Scales.default(30)
+    assert Scales(d.groups).same_partition(d)  # stored groups (tuples of any length) rebuild the partition
+    assert Scales({"a": (0, 1, 2)})["a"] == (0, 1, 2)
+
+
+@pytest.mark.parametrize("groups, match", [
+    ({"local": (5, 2)}, r"scale 'local' is empty: inclusive range \(5, 2\) has last < first"),
+    ({"local": [0, 9]}, r"scale 'local' is not contiguous and increasing: \[0, 9\]"),  # a list is explicit layers
+    ({"local": (0.0, 3)}, "scale 'local': layers must be integers"),
+    ({"local": [1.5]}, "scale 'local': layers must be integers"),
+    ({"local": 3}, r"scale 'local': layers must be a range, a list of layer indices or an inclusive \(first, last\) tuple"),
+    ({"local": "0-3"}, "scale 'local': layers must be a range"),
+])
+def test_bad_layer_specs_name_the_group(groups, match):
+    with pytest.raises(ConfigError, match=match):
+        Scales(groups)
+
+
+def test_select_keeps_named_scales():
+    s = Scales.default(12)
+    g = s.select("global", "local")
+    assert g.names == ("global", "local") and g["global"] == s["global"] and g.n_layers == 12
+    with pytest.raises(ConfigError, match="unknown scale 'top'"):
+        s.select("top")

@@ -16,7 +16,7 @@ from msma_lens.interventions import (
     AttentionEdit,
     GaussianNoise,
     Intervention,
-    Scale,
+    Rescale,
     Schedule,
     Translate,
 )
@@ -35,7 +35,9 @@ def _cases(model):
         [Translate("global", v, strength=1.5, relative=True, schedule=Schedule(start=1, decay=0.7))],
         [GaussianNoise("intermediate", 1.0, relative=True, seed=[1, 2, 3])],
         [Translate("local", v, strength=3.0, positions=[-1, 6, 7]), AttentionEdit("global", 0.3)],
-        [Scale("intermediate", 1.8, phase="generated"), AttentionEdit("global", 0.5, mode="scores", phase="prompt")],
+        [Rescale("intermediate", 1.8, phase="generated"), AttentionEdit("global", 0.5, mode="scores", phase="prompt")],
+        [Rescale("intermediate", 1.3, at="every"), GaussianNoise("global", 0.8, relative=True, at="entry", seed=2),
+         Translate("local", v, strength=0.5, relative=True, at="held", positions=slice(2, None))],
     ]
 
 
@@ -99,7 +101,7 @@ def test_sampling_is_seeded_and_paired(tiny_model):
     b = generate(tiny_model, PROMPTS, [], seed=11, **kw)
     c = generate(tiny_model, PROMPTS, [], seed=12, **kw)
     assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
-    z = generate(tiny_model, PROMPTS, Scale("global", 1.0), seed=11, **kw)  # identity steering, same seed
+    z = generate(tiny_model, PROMPTS, Rescale("global", 1.0), seed=11, **kw)  # identity steering, same seed
     assert torch.equal(a.tokens, z.tokens)
     n = generate(tiny_model, PROMPTS, GaussianNoise("global", 0.0, seed=99), seed=11, **kw)  # own RNG: no drift
     assert torch.equal(a.tokens, n.tokens)
@@ -151,6 +153,8 @@ def test_capture_shapes_masks_and_pooling(tiny_model):
     assert sa.acts["global"].shape[1] == d and int(sa.positions.min()) >= min(lengths)
     mean = cap.to_scale_activations("mean")
     assert mean.acts["local"].shape == (3, d) and mean.meta["source"] == "msma_lens.steering.generate"
+    (iv,) = mean.meta["interventions"]  # the saved trajectory says how it was steered
+    assert iv["kind"] == "translate" and iv["at"] == "held" and iv["hooks"] == ["blocks.3.hook_resid_pre", "blocks.3.hook_resid_post"]
     with pytest.raises(ConfigError, match="part must be"):
         cap.to_scale_activations(part="middle")
 
@@ -181,11 +185,14 @@ def test_generation_warnings_and_errors(tiny_gpt2, monkeypatch):
 # ----- runner ------------------------------------------------------------------------------------------------
 def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
     metrics = ["word_count", "compression_ratio"]
-    res = run_experiment(tiny_gpt2, PROMPTS, interventions=["translate", "scale", "noise", "attention"],
-                         strengths={"translate": [2.0], "scale": [0.5, 2.0], "noise": [1.0], "attention": [0.3]},
+    res = run_experiment(tiny_gpt2, PROMPTS, interventions=["translate", "rescale", "noise", "attention"],
+                         strengths={"translate": [2.0], "rescale": [0.5, 2.0], "noise": [1.0], "attention": [0.3]},
                          use_scales=["local", "global"], seeds=[0, 1], metrics=metrics, max_new_tokens=10, n_boot=50)
     assert len(res.table) == 2 * 5 * len(metrics)
-    assert {(r["scale"], r["intervention"], r["strength"]) for r in res.table} >= {("local", "scale", 0.5), ("global", "attention", 0.3)}
+    assert {(r["scale"], r["intervention"], r["strength"]) for r in res.table} >= {("local", "rescale", 0.5), ("global", "attention", 0.3)}
+    assert res.config["at"] == {"translate": "held", "rescale": "held", "noise": "held", "attention": "every"}
+    assert all(r["at"] == res.config["at"][r["intervention"]] for r in res.table + res.samples if r["intervention"] != "baseline")
+    assert "applied at: translate held, rescale held, noise held, attention every (" in res.format()
     assert len(res.samples) == (2 + 2 * 5 * 2) * len(PROMPTS)
     for r in res.table:
         assert r["n"] == 2 * len(PROMPTS)
@@ -215,18 +222,19 @@ def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
     out = res.save(tmp_path / "exp", figures=True)
     loaded = ExperimentResult.load(out)
     assert len(loaded.table) == len(res.table) and loaded.config["metrics"] == metrics
-    assert (out / "table.csv").read_text().splitlines()[0].startswith("scale,intervention,strength,metric")
+    assert (out / "table.csv").read_text().splitlines()[0].startswith("scale,intervention,at,strength,metric")
     json.loads((out / "results.json").read_text())  # strict-enough JSON (NaN written as null)
-    assert res.figure_heatmap(intervention="scale").data[0].z is not None
+    assert res.figure_heatmap(intervention="rescale").data[0].z is not None
     assert len(res.figure_sweep(metrics=["word_count"]).data) > 0
 
 
 def test_run_experiment_custom_factory_and_bad_inputs(tiny_gpt2, tmp_path):
-    res = run_experiment(tiny_gpt2, PROMPTS[:2], interventions={"amp": lambda scale, s, seed: Scale(scale, s)},
+    res = run_experiment(tiny_gpt2, PROMPTS[:2], interventions={"amp": lambda scale, s, seed: Rescale(scale, s, at="every")},
                          strengths={"amp": [1.0]}, use_scales=["global"], metrics=["word_count"], max_new_tokens=4,
                          do_sample=False, seeds=[0], n_boot=0)
     (row,) = res.table
     assert row["intervention"] == "amp" and row["effect"] == 0.0 and row["pct_change"] == 0.0
+    assert row["at"] == "every" and res.config["at"] == {"amp": "every"}  # a factory's own mode is recorded
     assert row["p_value"] == 1.0 and row["p_holm"] == 1.0  # no change counts as a (null) test in Holm's m
     assert math.isnan(row["effect_ci_lo"])  # n_boot=0
     loaded = ExperimentResult.load(res.save(tmp_path / "amp"))
@@ -238,9 +246,21 @@ def test_run_experiment_custom_factory_and_bad_inputs(tiny_gpt2, tmp_path):
                       ({"interventions": {"x": lambda *a: None}}, "no strengths for intervention 'x'"),
                       ({"effect": "glass_delta"}, "effect must be one of"),
                       ({"use_scales": ["deep"]}, "unknown scale 'deep'"),
-                      ({"n_boot": 5}, "n_boot must be 0")]:
+                      ({"n_boot": 5}, "n_boot must be 0"),
+                      ({"at": "twice"}, r"at must be one of \['entry', 'held', 'every'\]")]:
         with pytest.raises(ConfigError, match=match):
             run_experiment(tiny_gpt2, PROMPTS, **kw)
+
+
+def test_deprecated_kind_scale_runs_as_rescale(tiny_gpt2):
+    kw = dict(use_scales=["global"], metrics=["word_count"], max_new_tokens=3, do_sample=False, n_boot=0, progress=False,
+              baseline_check=None, at="every")
+    with pytest.deprecated_call(match="intervention kind 'scale' is deprecated; use 'rescale'") as rec:
+        old = run_experiment(tiny_gpt2, PROMPTS[:2], interventions=["scale"], strengths={"scale": [2.0]}, **kw)
+    assert {w.filename for w in rec} == {__file__}
+    new = run_experiment(tiny_gpt2, PROMPTS[:2], interventions=["rescale"], strengths={"rescale": [2.0]}, **kw)
+    assert old.config["interventions"] == ["rescale"] and old.config["strengths"] == {"rescale": [2.0]}
+    assert old.config["at"] == {"rescale": "every"} and [s["text"] for s in old.samples] == [s["text"] for s in new.samples]
 
 
 @pytest.mark.slow
@@ -263,7 +283,7 @@ def test_smollm2_steered_generation_kv_parity_and_batching(request):
 
 
 def test_run_experiment_progress_bar_over_grid_cells(tiny_gpt2, capsys):
-    kw = dict(interventions={"amp": lambda scale, s, seed: Scale(scale, s)}, strengths={"amp": [0.5, 2.0]},
+    kw = dict(interventions={"amp": lambda scale, s, seed: Rescale(scale, s)}, strengths={"amp": [0.5, 2.0]},
               use_scales=["local", "global"], metrics=["word_count"], max_new_tokens=2, do_sample=False, seeds=[0], n_boot=0)
     on = run_experiment(tiny_gpt2, PROMPTS[:2], **kw)  # progress is on by default
     err = capsys.readouterr().err
@@ -277,7 +297,7 @@ def test_run_experiment_progress_bar_over_grid_cells(tiny_gpt2, capsys):
 def test_experiment_records_the_baseline_check(tiny_gpt2):
     from msma_lens.steering import run_experiment
 
-    res = run_experiment(tiny_gpt2, ["The team won", "Rain fell on"], interventions=["scale"], strengths={"scale": [1.5]},
+    res = run_experiment(tiny_gpt2, ["The team won", "Rain fell on"], interventions=["rescale"], strengths={"rescale": [1.5]},
                          metrics=["ttr", "perplexity"], max_new_tokens=6, n_boot=0, progress=False, do_sample=False)
     bc = res.config["baseline_check"]
     assert bc["n_samples"] == 2 and bc["ratio"] == pytest.approx(bc["baseline_median_perplexity"] / bc["corpus_median_perplexity"])
@@ -295,8 +315,8 @@ def test_degenerate_baseline_stops_the_experiment_before_any_steering(tiny_gpt2,
     monkeypatch.setattr(steering, "generate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     with pytest.raises(DegenerateBaselineError, match=r"baseline is degenerate: median perplexity [\d.]+ of its 2 samples vs "
                                                       r"[\d.]+ on corpus text \(ratio [\d.]+ > 1e-06"):
-        steering.run_experiment(tiny_gpt2, ["The team won", "Rain fell on"], interventions=["scale"],
-                                strengths={"scale": [1.5]}, metrics=["ttr"], max_new_tokens=6, n_boot=0, progress=False,
+        steering.run_experiment(tiny_gpt2, ["The team won", "Rain fell on"], interventions=["rescale"],
+                                strengths={"rescale": [1.5]}, metrics=["ttr"], max_new_tokens=6, n_boot=0, progress=False,
                                 baseline_check=1e-6)
     assert calls == [[]]  # only the baseline ran: nothing steered was generated
     with pytest.raises(ConfigError, match="baseline_check must be a positive ratio"):
