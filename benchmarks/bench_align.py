@@ -32,8 +32,8 @@ import geoopt  # noqa: E402
 import torch  # noqa: E402
 
 from msma_lens.align import procrustes  # noqa: E402
-from msma_lens.maps import CrossScaleMap, curvature_loss, geo_loss  # noqa: E402
-from msma_lens.mi import SeparableCritic, make_objective  # noqa: E402
+from msma_lens.align.maps import CrossScaleMap, curvature_loss, geo_loss  # noqa: E402
+from msma_lens.analysis.mi import SeparableCritic, make_objective  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -28,7 +28,7 @@ def _setup(n_docs: int):
 
     torch.set_num_threads(1)
     import msma_lens as ml
-    from msma_lens import _tl
+    from msma_lens import tl as _tl
 
     model = ml.load_model("smollm2-135m")
     texts = ml.load_corpus().texts[:n_docs]

@@ -23,7 +23,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import msma_lens as ml
-    from msma_lens.alignment import AlignConfig, fit_alignment
+    from msma_lens.align.protocol import AlignConfig, fit_alignment
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--acts", default=None)

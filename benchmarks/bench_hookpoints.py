@@ -39,7 +39,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import msma_lens as ml
-    from msma_lens import _tl
+    from msma_lens import tl as _tl
     from msma_lens.capture import capture
 
     model = ml.load_model("smollm2-135m")

@@ -1,4 +1,4 @@
-"""Benchmark msma_lens.metrics at n=4096, d=576 (single thread, CPU process time) against the ``dcor`` package.
+"""Benchmark msma_lens.analysis.metrics at n=4096, d=576 (single thread, CPU process time) against the ``dcor`` package.
 
 Usage: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_metrics.py [--n 4096 --d 576 --n-small 512 --no-write]``
 
@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from msma_lens import metrics as M  # noqa: E402
+from msma_lens.analysis import metrics as M  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 MEM_LIMIT = 16 * 2**30

@@ -5,8 +5,8 @@
 Variants, run interleaved, median wall time of ``--runs`` each (1 thread):
   plain        model.generate(...) with no hooks
   raw-hook     model.hooks with ``x + delta`` on every layer of the scale (what a hand-written hook costs)
-  msma-base    msma_lens.steering.generate with no intervention (tracker hook only)
-  msma-steer   msma_lens.steering.generate with Translate(scale, relative=True, at="every") on every layer of the scale
+  msma-base    msma_lens.steer.generate.generate with no intervention (tracker hook only)
+  msma-steer   msma_lens.steer.generate.generate with Translate(scale, relative=True, at="every") on every layer of the scale
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from msma_lens import _tl  # noqa: E402
-from msma_lens.interventions import Translate, random_direction  # noqa: E402
-from msma_lens.models import load_model  # noqa: E402
-from msma_lens.scales import Scales  # noqa: E402
-from msma_lens.steering import generate  # noqa: E402
+from msma_lens import tl as _tl  # noqa: E402
+from msma_lens.capture.scales import Scales  # noqa: E402
+from msma_lens.io.models import load_model  # noqa: E402
+from msma_lens.steer.directions import random_direction
+from msma_lens.steer.edits import Translate
+from msma_lens.steer.generate import generate
 
 PROMPT = "The city council met on Tuesday to discuss the new budget, and"
 

@@ -6,8 +6,8 @@
 import torch
 
 import msma_lens as ml
-from msma_lens.alignment import AlignConfig
-from msma_lens.maps import MapTrainConfig
+from msma_lens.align.maps import MapTrainConfig
+from msma_lens.align.protocol import AlignConfig
 
 torch.set_num_threads(1)
 model = ml.load_model("smollm2-135m")

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from . import _tl
-from .artifacts import write_text_atomic
-from .corpus import TEXT_SUFFIXES
+from . import tl
+from .capture.scales import Scales, preset_names
 from .errors import ConfigError, MSMAError
-from .interventions import AT_MODES, DEFAULT_AT
-from .scales import Scales, preset_names
-from .steering import INTERVENTION_KINDS, KIND_ALIASES
+from .io.artifacts import write_text_atomic
+from .io.corpus import TEXT_SUFFIXES
+from .steer.edits import AT_MODES, DEFAULT_AT
+from .steer.experiment import INTERVENTION_KINDS, KIND_ALIASES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,7 +198,7 @@ def _threads(n: int) -> None:
 
 
 def _texts(source: str, max_docs: int | None) -> tuple[list[str], str]:
-    from . import corpus
+    from .io import corpus
 
     if source == "corpus":
         docs = corpus.load_corpus().texts
@@ -235,7 +235,7 @@ def _check_scale_names(lens, names, option: str) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import cache_dir, list_models
+    from .io.models import cache_dir, list_models
 
     rows = list_models()
     if args.json:
@@ -250,8 +250,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    from .io.models import load_model
     from .lens import MSMA
-    from .models import load_model
 
     _threads(args.threads)
     texts, label = _texts(args.texts, args.max_docs)
@@ -266,9 +266,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: capture per-scale activations of the corpus and write a summary + HTML report."""
+    from .io.models import load_model
     from .lens import MSMA
-    from .models import load_model
-    from .report import format_summary, scale_statistics, write_html
+    from .report.summary import format_summary, scale_statistics, write_html
 
     _threads(args.threads)
     cfg = None if args.skip_fit else _align_cfg(args)
@@ -288,7 +288,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stats = scale_statistics(acts)
     summary = format_summary(stats, acts.meta)
     write_text_atomic(out / "summary.txt", summary + "\n")
-    from .artifacts import write_json_atomic
+    from .io.artifacts import write_json_atomic
 
     write_json_atomic(out / "scale_stats.json", {"stats": stats, "meta": acts.meta})
     write_html(stats, out / "scales.html")
@@ -296,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is not None:
         _fit_and_report(lens, acts, cfg, args, out)
     if not args.skip_steer:
-        if _tl.is_encoder(model):
+        if tl.is_encoder(model):
             print("steering skipped: encoder models do not generate")
         else:
             _steer_and_report(lens, args, out)
@@ -306,8 +306,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _align_cfg(args: argparse.Namespace):
     """The AlignConfig of the alignment options (built before any slow work, so bad values fail at once)."""
-    from .alignment import AlignConfig
-    from .maps import MapTrainConfig
+    from .align.maps import MapTrainConfig
+    from .align.protocol import AlignConfig
 
     train = MapTrainConfig(steps=args.steps, residual_hidden=args.residual_hidden, estimator=args.estimator,
                            lambda_geo=args.lambda_geo, lambda_info=args.lambda_info, lambda_curv=args.lambda_curv,
@@ -331,9 +331,9 @@ def _fit_and_report(lens, acts, cfg, args: argparse.Namespace, out: Path) -> Non
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .activations import ScaleActivations
+    from .capture.activations import ScaleActivations
+    from .io.models import load_model
     from .lens import MSMA
-    from .models import load_model
 
     _threads(args.threads)
     cfg = _align_cfg(args)
@@ -356,7 +356,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def _prompts(source: str, n: int) -> list[str]:
     """``corpus``: the first sentence of ``n`` documents spread over topics and registers; else a text file."""
-    from . import corpus
+    from .io import corpus
 
     if source == "corpus":
         docs = corpus.load_corpus()
@@ -390,8 +390,8 @@ _MAIN_STRENGTHS_EVERY = {"translate": (0.1,), "rescale": (1.1,), "noise": (0.1,)
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
+    from .io.models import load_model
     from .lens import MSMA
-    from .models import load_model
 
     _threads(args.threads)
     out = Path(args.out)
@@ -495,7 +495,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def _plugins_run(args: argparse.Namespace) -> int:
     from . import plugins
-    from .activations import ScaleActivations
+    from .capture.activations import ScaleActivations
 
     _threads(args.threads)
     options = dict(args.option or [])

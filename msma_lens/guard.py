@@ -16,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _tl
+from . import tl
 from .errors import ConfigError, HookError, KVCacheError
 
 KV_POLICIES = ("fallback", "error", "off")
@@ -54,21 +54,21 @@ class KVCheck:
 
 def check_kv_cache(model: Any, *, steps: int = 3) -> KVCheck:
     """Greedy-decode ``steps`` tokens of a short prompt with the KV cache; compare each step with uncached logits."""
-    _tl.check_model(model)
+    tl.check_model(model)
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be a positive int, got {steps!r}")
-    versions = _tl.library_versions()
-    if _tl.is_encoder(model) or not hasattr(model, "generate"):
+    versions = tl.library_versions()
+    if tl.is_encoder(model) or not hasattr(model, "generate"):
         return KVCheck(ok=None, versions=versions, note="encoder model: no generation")
     t0 = time.perf_counter()
-    tokens = _tl.kv_probe_tokens(model)
+    tokens = tl.kv_probe_tokens(model)
     try:
-        cached, uncached, seq = _tl.kv_decoding_logits(model, tokens, steps)
+        cached, uncached, seq = tl.kv_decoding_logits(model, tokens, steps)
     except (ConfigError, HookError, NotImplementedError) as e:  # no unembedding module, or generate unsupported
         return KVCheck(ok=None, versions=versions, note=f"cannot run on {type(model).__name__}: {e}")
     diff = (cached - uncached).abs().amax(dim=(0, 2))  # per step
     scale = float(uncached.abs().max())
-    rtol = _RTOL.get(str(_tl.model_dtype(model)).removeprefix("torch."), _RTOL_LOW_PRECISION)
+    rtol = _RTOL.get(str(tl.model_dtype(model)).removeprefix("torch."), _RTOL_LOW_PRECISION)
     tol = rtol * max(scale, 1.0)
     P = tokens.shape[1]
     tokens_match = bool((uncached.argmax(-1) == seq[:, P:P + steps].to(uncached.device)).all())
@@ -93,7 +93,7 @@ def guard_generation(model: Any, policy: str = "fallback", *, steps: int = 3) ->
         result = check_kv_cache(model, steps=steps)
         model.msma_kv_check = result
     if result.ok is False:
-        name = _tl.provenance(model)["model_id"]
+        name = tl.provenance(model)["model_id"]
         msg = (f"{name}: KV-cached generation disagrees with uncached decoding ({result}). The installed "
                f"transformer-lens {result.versions.get('transformer_lens')} + transformers "
                f"{result.versions.get('transformers')} corrupt cached generation (known: transformers 5.24 with "
@@ -103,7 +103,7 @@ def guard_generation(model: Any, policy: str = "fallback", *, steps: int = 3) ->
         if not getattr(model, "msma_uncached_generation", False):
             warnings.warn(msg + " Falling back to uncached decoding for this model (slower, correct).", RuntimeWarning,
                           stacklevel=2)
-        _tl.force_uncached_generation(model, f"{name}: the KV cache is broken with these library versions; decoding "
+        tl.force_uncached_generation(model, f"{name}: the KV cache is broken with these library versions; decoding "
                                              "without it (use_past_kv_cache=False)")
     return result
 

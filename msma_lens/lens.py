@@ -10,21 +10,24 @@ from typing import Any
 
 import torch
 
-from . import _tl, hookpoints
-from .activations import ScaleActivations
-from .alignment import VARIANTS, AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
-from .capture import capture as _capture
-from .directions import contrastive_direction as _contrastive_direction
-from .directions import layer_scales
-from .directions import principal_direction as _principal_direction
-from .directions import transfer_direction as _transfer_direction
+from . import tl
+from .align.protocol import VARIANTS, AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
+from .capture import hookpoints
+from .capture.activations import ScaleActivations
+from .capture.collect import capture as _capture
+from .capture.scales import Scales
 from .errors import ConfigError
 from .guard import guard_generation
-from .interventions import Intervention, Schedule, SteeringRecord
-from .scales import Scales
-from .steering import GenerationResult
-from .steering import generate as _generate
-from .steering import run_experiment as _run_experiment
+from .steer.directions import contrastive_direction as _contrastive_direction
+from .steer.directions import layer_scales
+from .steer.directions import principal_direction as _principal_direction
+from .steer.directions import transfer_direction as _transfer_direction
+from .steer.edits import Intervention
+from .steer.experiment import run_experiment as _run_experiment
+from .steer.generate import GenerationResult
+from .steer.generate import generate as _generate
+from .steer.schedule import Schedule
+from .steer.session import SteeringRecord
 
 
 class MSMA:
@@ -34,18 +37,18 @@ class MSMA:
     >>> acts = lens.capture(load_corpus().texts, pooling="token")
 
     ``lens.attach()`` adds the per-scale hook points ``msma.{scale}.hook_in`` / ``msma.{scale}.hook_resid`` to the
-    model's ``hook_dict`` (see :mod:`msma_lens.hookpoints`); ``lens.detach()`` removes them; ``with lens:`` does
+    model's ``hook_dict`` (see :mod:`msma_lens.capture.hookpoints`); ``lens.detach()`` removes them; ``with lens:`` does
     both around a block. Constructing a lens changes nothing on the model.
     """
 
     def __init__(self, model: Any, scales: Scales | str | dict | None = None, *, site: str = "resid_post",
                  kv_check: str = "fallback") -> None:
-        _tl.check_model(model)
+        tl.check_model(model)
         guard_generation(model, kv_check)  # once per model: a no-op when load_model already checked it
         self.model = model
-        self.scales = Scales.coerce(scales, _tl.n_layers(model))
+        self.scales = Scales.coerce(scales, tl.n_layers(model))
         self.site = site
-        self.hook_names = {s: [_tl.resid_name(model, x, site) for x in ls] for s, ls in self.scales.items()}
+        self.hook_names = {s: [tl.resid_name(model, x, site) for x in ls] for s, ls in self.scales.items()}
 
     # ----- hook points ---------------------------------------------------------------------------------
     def attach(self) -> MSMA:
@@ -76,10 +79,10 @@ class MSMA:
 
     @property
     def model_id(self) -> str:
-        return _tl.provenance(self.model)["model_id"]
+        return tl.provenance(self.model)["model_id"]
 
     def provenance(self) -> dict:
-        return {**_tl.provenance(self.model), "scales": self.scales.to_dict(), "site": self.site, "hook_names": self.hook_names}
+        return {**tl.provenance(self.model), "scales": self.scales.to_dict(), "site": self.site, "hook_names": self.hook_names}
 
     def capture(self, texts: Sequence[str] | torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 pooling: str = "token", layer_agg: str | int | dict = "mean", batch_size: int = 8,
@@ -99,7 +102,7 @@ class MSMA:
               progress: bool = True) -> ScaleActivations:
         if acts is None:
             if texts is None:
-                from .corpus import load_corpus
+                from .io.corpus import load_corpus
 
                 texts = load_corpus().texts
             acts = self.capture(texts, pooling="token", progress=progress)
@@ -116,7 +119,7 @@ class MSMA:
                level: float = 0.95, progress: bool = True) -> AblationResult:
         """Baseline / closed form / full / no-geometry / no-information / no-curvature over ``seeds``.
 
-        See :func:`msma_lens.alignment.run_ablations`.
+        See :func:`msma_lens.align.protocol.run_ablations`.
         """
         return run_ablations(self._acts(acts, texts, "this lens", progress), cfg, variants=variants, seeds=seeds, level=level,
                              progress=progress)
@@ -138,7 +141,7 @@ class MSMA:
 
         Each text is mean-pooled over its content tokens (BOS, special tokens and padding excluded) at the lens's
         site and averaged over the scale's layers, exactly as ``lens.capture(texts, pooling="mean")[scale]``;
-        ``per_layer=True`` gives ``{layer: [d]}``. See :func:`msma_lens.directions.contrastive_direction`.
+        ``per_layer=True`` gives ``{layer: [d]}``. See :func:`msma_lens.steer.directions.contrastive_direction`.
         """
         opts = {"pooling": "mean", "per_layer": per_layer, "batch_size": batch_size, "progress": progress}
         pos = self._direction_acts(positive, scale, "positive", **opts)
@@ -151,7 +154,7 @@ class MSMA:
         """Unit top principal direction of the token activations of ``texts`` at ``scale`` of this lens.
 
         Token activations as ``lens.capture(texts, pooling="token")[scale]``; massive-activation tokens above
-        ``outlier_factor`` × the median norm are dropped first. See :func:`msma_lens.directions.principal_direction`.
+        ``outlier_factor`` × the median norm are dropped first. See :func:`msma_lens.steer.directions.principal_direction`.
         """
         if outlier_factor is not None and (isinstance(outlier_factor, bool) or not isinstance(outlier_factor, (int, float))
                                            or outlier_factor <= 1):
@@ -166,7 +169,7 @@ class MSMA:
 
         ``alignment`` is usually ``lens.fit(...)``; it must come from this lens's model and scales (ArtifactError
         otherwise). A single fitted map (tensor, ``ProcrustesFit``, ``CrossScaleMap``) needs no ``src``/``dst``.
-        See :func:`msma_lens.directions.transfer_direction`.
+        See :func:`msma_lens.steer.directions.transfer_direction`.
         """
         if isinstance(alignment, AlignmentResult):
             alignment.check_matches(self.model_id, self.scales, what="this lens")
@@ -179,12 +182,12 @@ class MSMA:
     def steer(self, *interventions: Intervention, phase: str = "both", positions: Any = None,
               schedule: Schedule | Mapping | tuple | None = None,
               attention_mask: torch.Tensor | None = None) -> contextlib.AbstractContextManager[SteeringRecord]:
-        """Context manager applying scale-specific interventions (see :func:`msma_lens.interventions.steer`).
+        """Context manager applying scale-specific interventions (see :func:`msma_lens.steer.edits.steer`).
 
         >>> with lens.steer(Translate("global", delta, strength=4.0), phase="generated") as record:
         ...     model.generate(...)
         """
-        from .interventions import steer
+        from .steer.session import steer
 
         return steer(self.model, *interventions, scales=self.scales, phase=phase, positions=positions, schedule=schedule,
                      attention_mask=attention_mask)
@@ -197,7 +200,7 @@ class MSMA:
                  top_k: int | None = None, top_p: float | None = None) -> GenerationResult:
         """KV-cached generation with interventions and optional per-scale capture of the steered trajectory.
 
-        Defaults as :func:`msma_lens.steering.generate`: 20 new tokens, greedy (``do_sample=False``).
+        Defaults as :func:`msma_lens.steer.generate.generate`: 20 new tokens, greedy (``do_sample=False``).
         """
         return _generate(self.model, prompts, interventions, scales=self.scales, max_new_tokens=max_new_tokens,
                          do_sample=do_sample, attention_mask=attention_mask, seed=seed, phase=phase, positions=positions,
@@ -208,12 +211,12 @@ class MSMA:
     def experiment(self, prompts: Sequence[str], **kwargs: Any):
         """prompts × scales × interventions × strengths × seeds → text-metric effects vs the unsteered baseline.
 
-        Takes the options of :func:`msma_lens.steering.run_experiment` (its signature is this method's).
+        Takes the options of :func:`msma_lens.steer.experiment.run_experiment` (its signature is this method's).
         """
         return _run_experiment(self.model, prompts, scales=self.scales, **kwargs)
 
     def __repr__(self) -> str:
-        p = _tl.provenance(self.model)
+        p = tl.provenance(self.model)
         return f"MSMA({p['model_id']!r}, {p['backend']}, {self.scales!r})"
 
 

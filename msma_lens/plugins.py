@@ -15,7 +15,7 @@ An **analysis** is a class (or a factory returning an instance) that
 A **result** has ``save(path) -> Path``, classmethod ``load(path)``, ``figures() -> dict[str, plotly Figure]``
 and ``summary() -> str``. Subclass :class:`AnalysisResult` and implement ``to_artifact`` / ``from_artifact``
 and ``summary`` to get the rest: results are msma-lens artifacts (``tensors.safetensors`` + ``cfg.json`` with
-checksums, see :mod:`msma_lens.artifacts`) whose ``cfg.json`` also carries the provenance ``run`` records
+checksums, see :mod:`msma_lens.io.artifacts`) whose ``cfg.json`` also carries the provenance ``run`` records
 (plugin name and version, options, msma-lens version, the activations' model, scales and corpus hash).
 
 A package exposes an analysis with an entry point::
@@ -41,9 +41,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from .activations import ScaleActivations
-from .artifacts import json_clean, load_artifact, save_artifact, write_text_atomic
+from .capture.activations import ScaleActivations
 from .errors import ArtifactError, ConfigError
+from .io.artifacts import json_clean, load_artifact, save_artifact, write_text_atomic
 
 GROUP = "msma_lens.plugins"
 

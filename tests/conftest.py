@@ -11,8 +11,8 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
-from msma_lens import _tl  # noqa: E402
-from msma_lens.models import available_backends  # noqa: E402
+from msma_lens import tl as _tl  # noqa: E402
+from msma_lens.io.models import available_backends  # noqa: E402
 
 BACKENDS = available_backends()
 
@@ -25,7 +25,7 @@ def pytest_report_header(config):
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def tiny_model(request):
     """Every tiny random model on every backend the installed TransformerLens has."""
-    from msma_lens.models import load_model
+    from msma_lens.io.models import load_model
 
     name, backend = request.param
     return load_model(name, backend=backend, seed=0)
@@ -33,13 +33,13 @@ def tiny_model(request):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2():
-    from msma_lens.models import load_model
+    from msma_lens.io.models import load_model
 
     return load_model("tiny-gpt2", backend=BACKENDS[0], seed=0)
 
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from msma_lens.models import load_model
+    from msma_lens.io.models import load_model
 
     return load_model("smollm2-135m")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from msma_lens import ArtifactError, ConfigError, ScaleActivations, Scales
-from msma_lens.alignment import AlignConfig, AlignmentResult, fit_alignment, run_ablations
-from msma_lens.maps import MapTrainConfig
+from msma_lens.align.maps import MapTrainConfig
+from msma_lens.align.protocol import AlignConfig, AlignmentResult, fit_alignment, run_ablations
 
 D = 12
 
@@ -170,7 +170,7 @@ def test_alignment_between_two_models(tmp_path):
 
 
 def test_transfer_direction_through_alignment_result(fitted, tiny_gpt2):
-    from msma_lens import transfer_direction
+    from msma_lens.steer.directions import transfer_direction
 
     v = torch.randn(D, generator=torch.Generator().manual_seed(2))
     out = transfer_direction(v, fitted, src="global", dst="local")

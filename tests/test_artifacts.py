@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from msma_lens import MSMA, ArtifactError, ConfigError, ScaleActivations, Scales
-from msma_lens import artifacts as art
-from msma_lens.alignment import AlignConfig, AlignmentResult
-from msma_lens.maps import MapTrainConfig
+from msma_lens.align.maps import MapTrainConfig
+from msma_lens.align.protocol import AlignConfig, AlignmentResult
+from msma_lens.io import artifacts as art
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -134,7 +134,7 @@ def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 _KILLED_WRITER = """
 import sys, time
 import torch
-import msma_lens.artifacts as art
+import msma_lens.io.artifacts as art
 def hang(path):
     print("ready", flush=True)
     time.sleep(600)

@@ -6,10 +6,11 @@ import shutil
 import pytest
 import torch
 
-import msma_lens.capture as capture_mod
-from msma_lens import MSMA, ArtifactError, ConfigError, NumericsError, ScaleActivations, Scales, _tl
+from msma_lens import MSMA, ArtifactError, ConfigError, NumericsError, ScaleActivations, Scales
+from msma_lens import tl as _tl
+from msma_lens import tl as tl_mod
 from msma_lens.capture import capture
-from msma_lens.models import available_backends
+from msma_lens.io.models import available_backends
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -187,7 +188,7 @@ def test_sharded_capture_resumes_after_interrupt(tiny_gpt2, tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(capture_mod._tl, "run_with_cache", flaky)
+    monkeypatch.setattr(tl_mod, "run_with_cache", flaky)
     with pytest.raises(KeyboardInterrupt):
         _cap(tiny_gpt2, batch_size=2, shard_dir=tmp_path / "shards")
     assert _tl.count_attached_hooks(tiny_gpt2) == 0
@@ -213,7 +214,7 @@ def _count_passes(monkeypatch, fail_at: int | None = None) -> dict:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(capture_mod._tl, "run_with_cache", counted)
+    monkeypatch.setattr(tl_mod, "run_with_cache", counted)
     return calls
 
 
@@ -383,7 +384,7 @@ def test_bad_token_input(tiny_gpt2, tokens, kw, match):
 
 @pytest.mark.slow
 def test_encoder_token_ids_exclude_cls_and_sep():
-    from msma_lens.models import load_model
+    from msma_lens.io.models import load_model
 
     model = load_model("minilm-l6")
     sc = Scales.from_ranges({"low": (0, 1), "high": (2, 5)})

@@ -40,7 +40,8 @@ def test_run_writes_summary_and_html(tmp_path, capsys):
     assert rc == 0
     out = tmp_path / "o"
     assert "global->intermediate" in (out / "alignment.txt").read_text()
-    from msma_lens import AlignmentResult, ExperimentResult
+    from msma_lens import AlignmentResult
+    from msma_lens.steer.experiment import ExperimentResult
 
     assert set(AlignmentResult.load(out / "alignment").maps) == {"global->intermediate", "intermediate->local"}
     exp = ExperimentResult.load(out / "steering")
@@ -157,24 +158,24 @@ def test_runtime_errors_one_line_before_slow_work(tmp_path, capsys, monkeypatch)
 
 
 def test_multiline_error_message_stays_one_line(monkeypatch, capsys):
-    import msma_lens.models
+    import msma_lens.io.models
     from msma_lens.errors import ArtifactError
 
     def broken():
         raise ArtifactError("first line\nsecond line")
 
-    monkeypatch.setattr(msma_lens.models, "list_models", broken)
+    monkeypatch.setattr(msma_lens.io.models, "list_models", broken)
     assert main(["models"]) == 2
     assert _one_error_line(capsys) == "msma-lens: error: first line second line"
 
 
 def test_keyboard_interrupt_exits_130_with_one_line(monkeypatch, capsys):
-    import msma_lens.models
+    import msma_lens.io.models
 
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(msma_lens.models, "list_models", interrupted)
+    monkeypatch.setattr(msma_lens.io.models, "list_models", interrupted)
     assert main(["models"]) == 130
     assert capsys.readouterr().err == "msma-lens: interrupted\n"
 

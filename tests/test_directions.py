@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
 from msma_lens import MSMA, ScaleActivations, Scales
-from msma_lens.directions import (
+from msma_lens.errors import ArtifactError, ConfigError
+from msma_lens.steer.directions import (
     contrastive_direction,
     layer_key,
     layer_scales,
@@ -16,8 +15,7 @@ from msma_lens.directions import (
     random_direction,
     transfer_direction,
 )
-from msma_lens.errors import ArtifactError, ConfigError
-from msma_lens.interventions import Translate
+from msma_lens.steer.edits import Translate
 
 POS = ["The team won the match and the crowd cheered loudly.", "Birds sing at dawn in spring."]
 NEG = ["Prices rose again this week.", "Investors worried about the bank."]
@@ -31,15 +29,6 @@ def lens(tiny_gpt2):
 
 def _mean_acts(lens, texts):
     return lens.capture(texts, pooling="mean", progress=False)
-
-
-def test_old_import_paths_are_the_same_functions():
-    import msma_lens
-    from msma_lens import directions, interventions
-
-    for name in ("contrastive_direction", "principal_direction", "transfer_direction", "random_direction"):
-        assert getattr(interventions, name) is getattr(msma_lens, name) is getattr(directions, name)
-    assert list(inspect.signature(contrastive_direction).parameters)[:3] == ["positive", "negative", "scale"]
 
 
 # ----- the lens is the entry point ------------------------------------------------------------------------
@@ -208,7 +197,7 @@ def test_transfer_and_random_directions(tiny_gpt2):
 
 def test_transfer_through_fitted_procrustes_and_crossscalemap():
     from msma_lens.align import procrustes
-    from msma_lens.maps import CrossScaleMap
+    from msma_lens.align.maps import CrossScaleMap
 
     X = torch.randn(200, 16, dtype=torch.float64)
     R = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))[0]
@@ -220,8 +209,8 @@ def test_transfer_through_fitted_procrustes_and_crossscalemap():
 
 
 def test_lens_transfer_direction_checks_model_and_scales(tiny_gpt2):
-    from msma_lens.alignment import AlignConfig, fit_alignment
-    from msma_lens.maps import MapTrainConfig
+    from msma_lens.align.maps import MapTrainConfig
+    from msma_lens.align.protocol import AlignConfig, fit_alignment
 
     lens = MSMA(tiny_gpt2)  # local / intermediate / global: the default pairs G->I, I->L
     g = torch.Generator().manual_seed(0)

@@ -9,7 +9,8 @@ import torch
 
 from msma_lens import MSMA, ScaleActivations, Scales, Translate
 from msma_lens.capture import capture
-from msma_lens.steering import generate, run_experiment
+from msma_lens.steer.experiment import run_experiment
+from msma_lens.steer.generate import generate
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Rain fell on the city while the market opened."]
 

@@ -4,10 +4,11 @@ and KV-cached vs uncached decoding step by step; plus the runtime KV guard (msma
 import pytest
 import torch
 
-from msma_lens import MSMA, _tl
+from msma_lens import MSMA
+from msma_lens import tl as _tl
 from msma_lens.errors import ConfigError, KVCacheError
 from msma_lens.guard import check_kv_cache, guard_generation, kv_cache_usable
-from msma_lens.models import load_hf_model, load_model
+from msma_lens.io.models import load_hf_model, load_model
 
 PROMPTS = ["Rain fell on the city while the market", "She asked why the train was late", "Mix the flour with water, then"]
 N_NEW = 12
@@ -115,7 +116,7 @@ def test_guard_passes_on_the_locked_versions(tiny_model):
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 def test_guard_detects_a_broken_cache_and_falls_back(name):
-    from msma_lens.models import available_backends
+    from msma_lens.io.models import available_backends
 
     be = available_backends()[0]
     hf, tok = load_hf_model(name)

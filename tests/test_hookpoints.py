@@ -1,11 +1,12 @@
-"""Per-scale hook points msma.{scale}.hook_in / hook_resid on every backend (msma_lens.hookpoints, MSMA.attach)."""
+"""Per-scale hook points msma.{scale}.hook_in / hook_resid on every backend (msma_lens.capture.hookpoints, MSMA.attach)."""
 
 import pytest
 import torch
 
-from msma_lens import MSMA, _tl
+from msma_lens import MSMA
+from msma_lens import tl as _tl
 from msma_lens.capture import capture
-from msma_lens.scales import Scales
+from msma_lens.capture.scales import Scales
 
 SCALES = Scales({"local": [0], "intermediate": [1, 2], "global": [3]})
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Rain fell on the city while the market opened."]
@@ -68,7 +69,7 @@ def test_edit_at_hook_in_changes_what_the_scale_sees(tiny_model):
 
 
 def test_add_hook_persists_and_user_hooks_survive_steering(tiny_model):
-    from msma_lens.interventions import Translate
+    from msma_lens.steer.edits import Translate
 
     calls = {"resid": 0, "block": 0}
 

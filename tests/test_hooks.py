@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from msma_lens import HookError, _tl
+from msma_lens import HookError
+from msma_lens import tl as _tl
 from msma_lens.errors import ConfigError
 
 

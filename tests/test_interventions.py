@@ -7,19 +7,11 @@ import warnings
 import pytest
 import torch
 
-from msma_lens import _tl
+from msma_lens import tl as _tl
 from msma_lens.errors import ConfigError, HookError
-from msma_lens.interventions import (
-    AT_MODES,
-    DEFAULT_AT,
-    Ablate,
-    AttentionEdit,
-    GaussianNoise,
-    Rescale,
-    Schedule,
-    Translate,
-    steer,
-)
+from msma_lens.steer.edits import AT_MODES, DEFAULT_AT, Ablate, AttentionEdit, GaussianNoise, Rescale, Translate
+from msma_lens.steer.schedule import Schedule
+from msma_lens.steer.session import steer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Rain fell on the city while the market opened."]
 
@@ -234,7 +226,7 @@ def test_resid_mid_edit_refused_where_it_misses_the_stream(tiny_gpt2):
 
 # ----- deprecated names ---------------------------------------------------------------------------------------
 def _old_scale():
-    from msma_lens import Scale
+    from msma_lens.steer.edits import Scale
 
     return Scale("intermediate", 1.5)
 
@@ -293,7 +285,7 @@ def test_attention_edit_raises_where_edits_are_discarded(tiny_gpt2, monkeypatch)
 
 @pytest.mark.slow
 def test_attention_edit_on_bert_bridge():
-    from msma_lens.models import load_model
+    from msma_lens.io.models import load_model
 
     if _tl.tl_major() < 3:
         pytest.skip("the BERT bridge needs TransformerLens >= 3")
@@ -312,7 +304,7 @@ def test_attention_edit_on_bert_bridge():
     assert not torch.allclose(out, base)
     with steer(m, Translate("global", _d(m), strength=0.0), attention_mask=mask):
         assert torch.equal(m(toks, attention_mask=mask), base)
-    from msma_lens.steering import generate
+    from msma_lens.steer.generate import generate
 
     with pytest.raises(ConfigError, match="encoder"):
         generate(m, ["hello"], max_new_tokens=2, do_sample=False)
@@ -374,7 +366,7 @@ def test_noise_reproducible_and_batch_invariant(tiny_model):
 def test_noise_stream_independent_of_how_many_positions_a_pass_draws():
     """A position's noise is the same whether a pass needs 5 positions at once or they come one at a time,
     also for widths that are not a multiple of 16 (torch's CPU normal_ fills in blocks of 16)."""
-    from msma_lens.interventions import EditContext
+    from msma_lens.steer.edits import EditContext
 
     def draw(chunks, d):
         iv, st, out = GaussianNoise(None, 1.0, layers=[0], seed=[3, 4]), {}, []
@@ -559,7 +551,7 @@ def test_record_describes_what_was_applied(tiny_gpt2):
 
 
 def test_edits_follow_activation_dtype_bf16():
-    from msma_lens.models import load_model
+    from msma_lens.io.models import load_model
 
     m = load_model("tiny-llama", backend="bridge" if _tl.tl_major() >= 3 else "hooked").to(torch.bfloat16)
     v = torch.randn(64, dtype=torch.float64)  # a float64 direction must not promote bf16 activations

@@ -1,4 +1,4 @@
-"""The cross-scale map and its training (msma_lens.maps): closed-form init, Riemannian fits, losses,
+"""The cross-scale map and its training (msma_lens.align.maps): closed-form init, Riemannian fits, losses,
 determinism, checkpoint/resume, validation."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from msma_lens.align import procrustes
+from msma_lens.align.maps import CrossScaleMap, MapTrainConfig, curvature_loss, fit_map, geo_loss
 from msma_lens.errors import ArtifactError, ConfigError, NumericsError
-from msma_lens.maps import CrossScaleMap, MapTrainConfig, curvature_loss, fit_map, geo_loss
 
 
 def _planted(n: int, d: int, det: int, seed: int, noise: float = 0.3, nonlinear: float = 0.0):

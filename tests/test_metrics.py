@@ -1,4 +1,4 @@
-"""Known-truth oracles for msma_lens.metrics (CPU, float64, small n)."""
+"""Known-truth oracles for msma_lens.analysis.metrics (CPU, float64, small n)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from msma_lens import metrics as M
+from msma_lens.analysis import metrics as M
 from msma_lens.errors import ConfigError, NumericsError
 
 F64 = torch.float64

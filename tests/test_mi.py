@@ -1,4 +1,4 @@
-"""MI bounds and critics (msma_lens.mi): formulas, MINE bias correction, held-out accuracy, errors."""
+"""MI bounds and critics (msma_lens.analysis.mi): formulas, MINE bias correction, held-out accuracy, errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from msma_lens.errors import ConfigError, NumericsError
-from msma_lens.mi import (
+from msma_lens.analysis.mi import (
     ESTIMATORS,
     ConcatCritic,
     MineEMA,
@@ -21,6 +20,7 @@ from msma_lens.mi import (
     nwj_bound,
     smile_bound,
 )
+from msma_lens.errors import ConfigError, NumericsError
 
 D = 2
 RHO = math.sqrt(1.0 - math.exp(-2.0 / D))  # −(d/2)·log(1 − ρ²) = 1 nat
@@ -173,7 +173,7 @@ def test_validation_split_keeps_test_out_of_model_selection(data):
     # the estimate is the selected critic read once on the test split, not the best validation value
     assert r.estimate != max(r.heldout_curve)
     with torch.no_grad():
-        from msma_lens.mi import heldout_mi
+        from msma_lens.analysis.mi import heldout_mi
 
         test_perm = torch.randperm(xte.shape[0], generator=torch.Generator().manual_seed(2))
         assert r.estimate == heldout_mi(r.critic, xte, yte, "infonce", batch_size=1024, perm=test_perm)

@@ -5,8 +5,9 @@ import time
 import pytest
 import torch
 
-from msma_lens import ConfigError, ModelLoadError, _tl, list_models, load_model
-from msma_lens import models as models_mod
+from msma_lens import ConfigError, ModelLoadError, list_models, load_model
+from msma_lens import tl as _tl
+from msma_lens.io import models as models_mod
 
 BACKENDS = models_mod.available_backends()
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from msma_lens import ConfigError, stats
+from msma_lens import ConfigError
+from msma_lens.analysis import stats
 
 
 def test_cohens_d_and_hedges_g():

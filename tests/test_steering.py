@@ -10,17 +10,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from msma_lens import _tl, stats
+from msma_lens import tl as _tl
+from msma_lens.analysis import stats
 from msma_lens.errors import ConfigError
-from msma_lens.interventions import (
-    AttentionEdit,
-    GaussianNoise,
-    Intervention,
-    Rescale,
-    Schedule,
-    Translate,
-)
-from msma_lens.steering import ExperimentResult, generate, run_experiment
+from msma_lens.steer.edits import AttentionEdit, GaussianNoise, Intervention, Rescale, Translate
+from msma_lens.steer.experiment import ExperimentResult, run_experiment
+from msma_lens.steer.generate import generate
+from msma_lens.steer.schedule import Schedule
 
 PROMPTS = ["The quick brown fox", "Rain", "She asked why the train was late"]
 
@@ -152,7 +148,7 @@ def test_capture_shapes_masks_and_pooling(tiny_model):
     sa = cap.to_scale_activations("token", part="generated")
     assert sa.acts["global"].shape[1] == d and int(sa.positions.min()) >= min(lengths)
     mean = cap.to_scale_activations("mean")
-    assert mean.acts["local"].shape == (3, d) and mean.meta["source"] == "msma_lens.steering.generate"
+    assert mean.acts["local"].shape == (3, d) and mean.meta["source"] == "msma_lens.steer.generate.generate"
     (iv,) = mean.meta["interventions"]  # the saved trajectory says how it was steered
     assert iv["kind"] == "translate" and iv["at"] == "held" and iv["hooks"] == ["blocks.3.hook_resid_pre", "blocks.3.hook_resid_post"]
     with pytest.raises(ConfigError, match="part must be"):
@@ -295,7 +291,7 @@ def test_run_experiment_progress_bar_over_grid_cells(tiny_gpt2, capsys):
 
 # ----- the degenerate-baseline guard ---------------------------------------------------------------------------
 def test_experiment_records_the_baseline_check(tiny_gpt2):
-    from msma_lens.steering import run_experiment
+    from msma_lens.steer.experiment import run_experiment
 
     res = run_experiment(tiny_gpt2, ["The team won", "Rain fell on"], interventions=["rescale"], strengths={"rescale": [1.5]},
                          metrics=["ttr", "perplexity"], max_new_tokens=6, n_boot=0, progress=False, do_sample=False)
@@ -307,8 +303,8 @@ def test_experiment_records_the_baseline_check(tiny_gpt2):
 
 
 def test_degenerate_baseline_stops_the_experiment_before_any_steering(tiny_gpt2, monkeypatch):
-    from msma_lens import steering
     from msma_lens.errors import DegenerateBaselineError
+    from msma_lens.steer import experiment as steering
 
     calls = []
     real = steering.generate
@@ -325,7 +321,7 @@ def test_degenerate_baseline_stops_the_experiment_before_any_steering(tiny_gpt2,
 
 def test_all_empty_baseline_is_degenerate(tiny_gpt2):
     from msma_lens.errors import DegenerateBaselineError
-    from msma_lens.steering import check_baseline
+    from msma_lens.steer.experiment import check_baseline
 
     with pytest.raises(DegenerateBaselineError, match="2 empty"):
         check_baseline(tiny_gpt2, ["The team won", "Rain fell on"], ["", ""])
@@ -335,7 +331,7 @@ def test_all_empty_baseline_is_degenerate(tiny_gpt2):
 def test_smollm2_baseline_check_passes_real_text_and_rejects_garbage(smollm2):
     from msma_lens import MSMA
     from msma_lens.errors import DegenerateBaselineError
-    from msma_lens.steering import check_baseline
+    from msma_lens.steer.experiment import check_baseline
 
     prompts = ["The weather today is", "My favourite food is", "The meeting was moved because"]
     res = MSMA(smollm2).generate(prompts, max_new_tokens=24, do_sample=True, top_p=0.9, seed=0)

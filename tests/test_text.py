@@ -1,4 +1,4 @@
-"""Known-answer tests for msma_lens.text (spaCy, VADER and MiniLM run offline; the perplexity oracles need no model)."""
+"""Known-answer tests for msma_lens.analysis.text (spaCy, VADER and MiniLM run offline; the perplexity oracles need no model)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from msma_lens import text as T
+from msma_lens.analysis import text as T
 from msma_lens.errors import ConfigError, ModelLoadError
 
 

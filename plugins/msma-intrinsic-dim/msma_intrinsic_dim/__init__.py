@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from msma_lens.activations import ScaleActivations
+from msma_lens.capture.activations import ScaleActivations
 from msma_lens.errors import ConfigError
 from msma_lens.plugins import AnalysisResult
 from msma_lens.report import twonn_log_ratios

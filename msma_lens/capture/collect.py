@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from . import _tl, hookpoints
-from .activations import POOLINGS, ScaleActivations
-from .artifacts import load_artifact, save_artifact, sha256_texts, write_json_atomic
-from .errors import ArtifactError, ConfigError, NumericsError
-from .scales import Scales
+from .. import tl
+from ..capture import hookpoints
+from ..capture.activations import POOLINGS, ScaleActivations
+from ..capture.scales import Scales
+from ..errors import ArtifactError, ConfigError, NumericsError
+from ..io.artifacts import load_artifact, save_artifact, sha256_texts, write_json_atomic
 
 SHARD_KIND = "msma_lens.CaptureShard"
 
@@ -100,7 +101,7 @@ def capture(
     with another ``batch_size``, ``padding_side`` or configuration is refused, so the result is exactly that of
     an uninterrupted run. The shards are read back once at the end.
     """
-    _tl.check_model(model)
+    tl.check_model(model)
     tokens_in = isinstance(texts, torch.Tensor)
     if not tokens_in:
         if attention_mask is not None:
@@ -110,7 +111,7 @@ def capture(
     if getattr(model, "training", False):
         warnings.warn("the model is in training mode (dropout is active): call model.eval() for reproducible activations",
                       stacklevel=2)
-    scales = Scales.coerce(scales, _tl.n_layers(model))
+    scales = Scales.coerce(scales, tl.n_layers(model))
     if pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
     if on_overflow not in ("warn", "error"):
@@ -121,21 +122,21 @@ def capture(
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     plan = _layer_plan(scales, layer_agg)
     layers = sorted({x for ls in plan.values() for x in ls})
-    names = {x: _tl.resid_name(model, x, site) for x in layers}
+    names = {x: tl.resid_name(model, x, site) for x in layers}
     # what each scale reads: its msma.{scale}.hook_resid point (the layer mean) when the whole scale is averaged,
     # else the chosen block's own hook; per-block hooks averaged here only when another partition is attached
     points = hookpoints.attached(model)
     own = points is None or (points.site == site and points.scales.same_partition(scales))
     sources = {s: ([hookpoints.hook_name(s)] if own and len(plan[s]) == len(scales[s]) and len(plan[s]) > 1
                    else [names[x] for x in plan[s]]) for s in scales.names}
-    ctx = _tl.context_length(model)
+    ctx = tl.context_length(model)
     max_len = min(max_length or ctx, ctx)
 
     if tokens_in:
-        seqs, specials = _tl.token_rows(model, texts, attention_mask, arg="texts (token ids)")
+        seqs, specials = tl.token_rows(model, texts, attention_mask, arg="texts (token ids)")
         prepend_bos, corpus_hash = False, _sha256_token_rows(seqs)
     else:
-        seqs, specials = _tl.encode(model, texts, prepend_bos=prepend_bos)
+        seqs, specials = tl.encode(model, texts, prepend_bos=prepend_bos)
         corpus_hash = sha256_texts(texts)
     lengths = [len(x) for x in seqs]
     too_long = [i for i, n in enumerate(lengths) if n > max_len]
@@ -148,7 +149,7 @@ def capture(
     order = sorted(range(len(seqs)), key=lambda i: lengths[i])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     meta = {
-        **_tl.provenance(model),
+        **tl.provenance(model),
         "scales": scales.to_dict(),
         "scale_spec_hash": scales.spec_hash(),
         "site": site,
@@ -200,10 +201,10 @@ def _run_batches(model: Any, it: Any, batches: list[list[int]], seqs: list[list[
             if shards is not None and shards.done(b):
                 continue
             idx = batches[b]
-            toks, mask, content = _tl.pad_batch(model, [seqs[i] for i in idx], [specials[i] for i in idx],
+            toks, mask, content = tl.pad_batch(model, [seqs[i] for i in idx], [specials[i] for i in idx],
                                                 padding_side=padding_side, max_length=max_len)
-            toks, mask = toks.to(_tl.model_device(model)), mask.to(_tl.model_device(model))
-            cache = _tl.run_with_cache(model, toks, mask, wanted, stop_at_layer=stop if stop < _tl.n_layers(model) else None)
+            toks, mask = toks.to(tl.model_device(model)), mask.to(tl.model_device(model))
+            cache = tl.run_with_cache(model, toks, mask, wanted, stop_at_layer=stop if stop < tl.n_layers(model) else None)
             part = _pool_batch(cache, sources, plan, content, mask.cpu(), idx, idx_pooling)
             if shards is not None:
                 shards.write(b, part)  # memory stays bounded by one batch until the final assembly

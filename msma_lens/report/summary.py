@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .activations import ScaleActivations
-from .artifacts import write_text_atomic
+from ..capture.activations import ScaleActivations
+from ..io.artifacts import write_text_atomic
 
 
 def twonn_log_ratios(x: torch.Tensor, max_points: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,525 @@
+"""Cross-scale alignment experiments on ScaleActivations: fit maps, evaluate on held-out documents, ablate.
+
+Data flow: ScaleActivations → split by document (train / early-stopping validation / held-out test) → per-scale
+centring and RMS normalisation (train statistics) → maps (closed form, then geoopt) → metrics on the held-out
+test documents → :class:`AlignmentResult` / :class:`AblationResult`.
+
+What changes with the map (Procrustes residual, Gaussian KL) is reported before/after; what a square orthogonal
+map cannot change (CKA, dCor, CCA, mutual-kNN, MI) is a property of the layer pair (methods.md §0) and is
+reported once, with the map's value beside it only as a check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..align.maps import CrossScaleMap, MapTrainConfig, fit_map
+from ..align.procrustes import procrustes
+from ..analysis import metrics as M
+from ..analysis.stats import mean_ci, paired_t_test
+from ..capture.activations import ScaleActivations
+from ..capture.scales import Scales
+from ..errors import ArtifactError, ConfigError
+from ..io.artifacts import load_artifact, restore_nan, save_artifact, write_csv_atomic, write_json_atomic, write_text_atomic
+
+KIND = "msma_lens.AlignmentResult"
+DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("global", "intermediate"), ("intermediate", "local"))
+VARIANTS: tuple[str, ...] = ("baseline", "closed_form", "full", "no_geometry", "no_information", "no_curvature")
+MAP_METRICS: tuple[str, ...] = ("residual", "kl_diag", "kl_full")  # change with the map
+PAIR_METRICS: tuple[str, ...] = ("cka_debiased", "dcor_u", "svcca", "pwcca", "mutual_knn", "mi_gaussian")  # invariant
+_ABLATE = {"no_geometry": "lambda_geo", "no_information": "lambda_info", "no_curvature": "lambda_curv"}
+
+
+def pair_key(src: str, dst: str) -> str:
+    return f"{src}->{dst}"
+
+
+@dataclass
+class AlignConfig:
+    """Experiment settings around :class:`~msma_lens.align.maps.MapTrainConfig` (validated on construction)."""
+
+    pairs: tuple[tuple[str, str], ...] = DEFAULT_PAIRS
+    held_out: float = 0.2
+    val_fraction: float = 0.1
+    max_train_rows: int | None = 20000
+    max_eval_rows: int = 2048
+    normalise: bool = True
+    outlier_factor: float | None = 20.0
+    map_metrics: tuple[str, ...] = MAP_METRICS
+    pair_metrics: tuple[str, ...] = PAIR_METRICS
+    seed: int = 0
+    train: MapTrainConfig = field(default_factory=lambda: MapTrainConfig(residual_hidden=64, steps=600, eval_every=50))
+
+    def __post_init__(self) -> None:
+        self.pairs = tuple((str(a), str(b)) for a, b in self.pairs)
+        if not self.pairs:
+            raise ConfigError("AlignConfig.pairs is empty: name at least one (source, target) pair")
+        for a, b in self.pairs:
+            if a == b:
+                raise ConfigError(f"AlignConfig.pairs: a map from scale {a!r} to itself is meaningless")
+        for name, v in (("held_out", self.held_out), ("val_fraction", self.val_fraction)):
+            if not (isinstance(v, (int, float)) and 0 < v < 1):
+                raise ConfigError(f"AlignConfig.{name} must be a fraction in (0, 1), got {v!r}")
+        if self.held_out + self.val_fraction >= 0.9:
+            raise ConfigError(f"held_out + val_fraction = {self.held_out + self.val_fraction} leaves too little training data")
+        if self.max_train_rows is not None and self.max_train_rows < 16:
+            raise ConfigError(f"AlignConfig.max_train_rows must be None or >= 16, got {self.max_train_rows}")
+        if self.outlier_factor is not None and not (isinstance(self.outlier_factor, (int, float)) and self.outlier_factor > 1):
+            raise ConfigError(f"AlignConfig.outlier_factor must be None or > 1, got {self.outlier_factor!r}")
+        if self.max_eval_rows < 16:
+            raise ConfigError(f"AlignConfig.max_eval_rows must be >= 16, got {self.max_eval_rows}")
+        for m in (*self.map_metrics, *self.pair_metrics):
+            M._lookup(m)  # ConfigError listing the valid names
+        if not isinstance(self.train, MapTrainConfig):
+            raise ConfigError(f"AlignConfig.train must be a MapTrainConfig, got {type(self.train).__name__}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["train"] = dataclasses.asdict(self.train)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AlignConfig:
+        d = dict(d)
+        train = MapTrainConfig(**d.pop("train", {}))
+        d["pairs"] = tuple(tuple(p) for p in d.get("pairs", DEFAULT_PAIRS))
+        for k in ("map_metrics", "pair_metrics"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d, train=train)
+
+
+# ----- data preparation ----------------------------------------------------------------------------------
+@dataclass
+class _Split:
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+
+
+def split_documents(acts: ScaleActivations, held_out: float, val_fraction: float, seed: int) -> _Split:
+    """Row indices with whole documents in exactly one of train / validation / test."""
+    docs = torch.unique(acts.doc_ids)
+    if docs.numel() < 3:
+        raise ConfigError(f"alignment needs >= 3 documents (train / validation / held-out), these activations have {docs.numel()}")
+    perm = docs[torch.randperm(docs.numel(), generator=torch.Generator().manual_seed(seed))]
+    n_test = min(max(1, round(held_out * docs.numel())), docs.numel() - 2)
+    n_val = min(max(1, round(val_fraction * docs.numel())), docs.numel() - n_test - 1)
+    test_d, val_d = perm[:n_test], perm[n_test:n_test + n_val]
+    is_test, is_val = torch.isin(acts.doc_ids, test_d), torch.isin(acts.doc_ids, val_d)
+    return _Split(torch.nonzero(~is_test & ~is_val).squeeze(1), torch.nonzero(is_val).squeeze(1), torch.nonzero(is_test).squeeze(1))
+
+
+def massive_rows(acts: ScaleActivations, scales, factor: float | None) -> torch.Tensor:
+    """Rows whose residual norm exceeds ``factor`` × the scale's median norm in any of ``scales``.
+
+    These are massive-activation tokens (attention sinks; methods.md §9): a handful of rows with norms ~100×
+    the median that would dominate every squared-error fit and statistic.
+    """
+    bad = torch.zeros(len(acts), dtype=torch.bool)
+    if factor is None:
+        return bad
+    for s in scales:
+        n = acts[s].norm(dim=1)
+        bad |= n > factor * n.median()
+    return bad
+
+
+def _cap(idx: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    if n is None or idx.numel() <= n:
+        return idx
+    return idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
+
+
+def _norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    mu = x.double().mean(0)
+    s = float((x.double() - mu).square().sum(1).mean().div(x.shape[1]).sqrt())
+    return mu.float(), (s if s > 0 else 1.0)
+
+
+# ----- the result ----------------------------------------------------------------------------------------
+@dataclass
+class AlignmentResult:
+    """Fitted cross-scale maps with held-out metrics, training curves, config and provenance.
+
+    ``maps[pair_key(src, dst)]`` acts on normalised activations; :meth:`predict` and :meth:`linear_map` work in
+    raw residual units. ``metrics[pair]`` has ``before`` (identity: source vs target), ``closed_form`` and
+    ``after`` (the trained map) values of the map-dependent metrics on held-out documents, ``pair`` (invariant
+    dependence metrics of the layer pair), ``floor`` (split-half KL floors of the target at the same n and d),
+    and ``n_test``.
+    """
+
+    maps: dict[str, CrossScaleMap]
+    norms: dict[str, tuple[torch.Tensor, float]]
+    metrics: dict[str, dict]
+    history: dict[str, list[dict]]
+    config: dict
+    provenance: dict
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [tuple(k.split("->")) for k in self.maps]
+
+    def map(self, src: str, dst: str) -> CrossScaleMap:
+        k = pair_key(src, dst)
+        if k not in self.maps:
+            raise ConfigError(f"no map {k!r} was fitted; fitted maps: {list(self.maps)}")
+        return self.maps[k]
+
+    def _norm(self, scale: str) -> tuple[torch.Tensor, float]:
+        if scale not in self.norms:
+            raise ConfigError(f"unknown scale {scale!r}; this result has {list(self.norms)}")
+        return self.norms[scale]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, src: str, dst: str) -> torch.Tensor:
+        """Map raw source-scale activations ``[n, d_src]`` to raw target-scale predictions."""
+        f = self.map(src, dst)
+        (mu_s, s_s), (mu_t, s_t) = self._norm(src), self._norm(dst)
+        z = (x.float() - mu_s.to(x.device)) / s_s
+        return f.to(x.device)(z) * s_t + mu_t.to(x.device)
+
+    @torch.no_grad()
+    def linear_map(self, src: str, dst: str) -> torch.Tensor:
+        """The raw-unit linear part ``[d_src, d_dst]`` of the map (or chain of fitted maps) from src to dst.
+
+        A direction v at ``src`` is carried to ``v @ linear_map(src, dst)`` at ``dst``; the nonlinear residual
+        g is ignored (it has no single direction image).
+        """
+        path = self._path(src, dst)
+        out = None
+        for a, b in path:
+            f = self.map(a, b)
+            lin = (self._norm(b)[1] / self._norm(a)[1]) * f.gain.detach() * f.weight.detach()
+            out = lin if out is None else out @ lin
+        return out
+
+    def transfer_direction(self, v: torch.Tensor, src: str, dst: str) -> torch.Tensor:
+        """Carry a direction defined at ``src`` into ``dst`` through the fitted maps (linear part)."""
+        M_ = self.linear_map(src, dst)
+        if v.shape[-1] != M_.shape[0]:
+            raise ConfigError(f"direction has width {v.shape[-1]}, scale {src!r} has width {M_.shape[0]}")
+        return v.to(M_) @ M_
+
+    def _path(self, src: str, dst: str) -> list[tuple[str, str]]:
+        """Chain of fitted maps from src to dst (breadth-first search)."""
+        edges = self.pairs
+        frontier, seen = [[src]], {src}
+        while frontier:
+            nxt = []
+            for p in frontier:
+                if p[-1] == dst:
+                    return list(zip(p[:-1], p[1:]))
+                for a, b in edges:
+                    if a == p[-1] and b not in seen:
+                        seen.add(b)
+                        nxt.append([*p, b])
+            frontier = nxt
+        raise ConfigError(f"no chain of fitted maps leads from {src!r} to {dst!r}; fitted: {[pair_key(*e) for e in edges]}")
+
+    def check_matches(self, model_id: str | None = None, scales: Scales | None = None, what: str = "this use") -> None:
+        mine = self.provenance.get("model_id")
+        if model_id is not None and mine is not None and model_id != mine:
+            raise ArtifactError(f"maps were fitted on model {mine!r}, but {what} uses {model_id!r}")
+        spec = self.provenance.get("scales")
+        if scales is not None and spec and not Scales.from_dict(spec).same_partition(scales):
+            raise ArtifactError(f"maps were fitted with scales {Scales.from_dict(spec)!r}, but {what} uses {scales!r}")
+
+    def table(self) -> str:
+        """Held-out metrics per pair as a fixed-width text table."""
+        lines = []
+        for k, m in self.metrics.items():
+            lines.append(f"{k}  (held-out rows: {m['n_test']}, training rows: {m['n_train']}, best step: {m['best_step']}, "
+                         f"massive-activation rows excluded: {m.get('n_massive_excluded', 0)})")
+            lines.append(f"  {'metric':<14}{'before':>12}{'closed form':>13}{'after':>12}{'floor':>10}")
+            for name in m["after"]:
+                fl = m["floor"].get(name)
+                lines.append(f"  {name:<14}{m['before'][name]:>12.4g}{m['closed_form'][name]:>13.4g}{m['after'][name]:>12.4g}"
+                             f"{'' if fl is None else f'{fl:.4g}':>10}")
+            lines.append(f"  held-out {m.get('mi_estimator', 'MI')} bound of the trained critic at the best step: "
+                         f"{m.get('mi_heldout', float('nan')):.3f} nats (a lower bound on I(f(X); Y) <= I(X; Y): no map creates "
+                         "information; its rise during training is the critic learning, not alignment)")
+            lines.append("  layer-pair dependence (invariant under orthogonal maps): "
+                         + ", ".join(f"{n}={v:.3f}" for n, v in m["pair"].items()))
+        return "\n".join(lines)
+
+    # ----- persistence -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        tensors = {}
+        specs = {}
+        for k, f in self.maps.items():
+            specs[k] = {"d_in": f.d_in, "d_out": f.d_out, "residual_hidden": f.residual_hidden, "manifold": f.manifold_name}
+            for n, t in f.state_dict().items():
+                tensors[f"maps.{k}.{n}"] = t.detach().as_subclass(torch.Tensor)
+        scales_s = {}
+        for s, (mu, sd) in self.norms.items():
+            tensors[f"norms.{s}.mu"] = mu
+            scales_s[s] = sd
+        cfg = {"map_specs": specs, "norm_scales": scales_s, "metrics": self.metrics, "history": self.history,
+               "config": self.config, "provenance": self.provenance}
+        return save_artifact(path, KIND, tensors, cfg)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, model_id: str | None = None, scales: Scales | None = None,
+             device: str = "cpu") -> AlignmentResult:
+        """Load a saved result; with ``model_id``/``scales`` it must have been fitted on them (ArtifactError)."""
+        tensors, cfg = load_artifact(path, KIND, device=device)
+        try:
+            maps = {}
+            for k, spec in cfg["map_specs"].items():
+                f = CrossScaleMap(**spec)
+                sd = {n[len(f"maps.{k}."):]: t for n, t in tensors.items() if n.startswith(f"maps.{k}.")}
+                f.load_state_dict(sd)
+                maps[k] = f.eval()
+            norms = {s: (tensors[f"norms.{s}.mu"], float(sd)) for s, sd in cfg["norm_scales"].items()}
+        except (KeyError, RuntimeError, TypeError, ConfigError) as e:
+            raise ArtifactError(f"{path}: inconsistent AlignmentResult artifact ({e})") from e
+        # cfg.json stores NaN (e.g. "before" between different widths, mi_heldout with lambda_info = 0) as null
+        out = cls(maps, norms, restore_nan(cfg["metrics"]), restore_nan(cfg["history"]), cfg["config"], cfg["provenance"])
+        out.check_matches(model_id, scales, what="loading")
+        return out
+
+
+# ----- fitting -------------------------------------------------------------------------------------------
+def _check_pairs(acts: ScaleActivations, pairs) -> None:
+    for a, b in pairs:
+        for s in (a, b):
+            if s not in acts.acts:
+                raise ConfigError(f"pair {pair_key(a, b)!r}: unknown scale {s!r}; the activations have {acts.scale_names}")
+    if acts.meta.get("pooling") not in (None, "token"):
+        warnings.warn(f"activations use pooling={acts.meta['pooling']!r}: one row per document gives few samples for "
+                      "alignment; capture with pooling='token' for paired token samples", stacklevel=3)
+
+
+def _metric_values(names, X, Y) -> dict[str, float]:
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.SampleSizeWarning)
+        for n in names:
+            out[n] = float(M.compute(n, X, Y))
+    return out
+
+
+@dataclass
+class _Prepared:
+    X: dict[str, torch.Tensor]  # split -> normalised source rows
+    Y: dict[str, torch.Tensor]
+
+
+def _prepare(acts: ScaleActivations, cfg: AlignConfig, seed: int):
+    split = split_documents(acts, cfg.held_out, cfg.val_fraction, seed)
+    bad = massive_rows(acts, {x for p in cfg.pairs for x in p}, cfg.outlier_factor)
+    split = _Split(*(i[~bad[i]] for i in (split.train, split.val, split.test)))
+    idx = {"train": _cap(split.train, cfg.max_train_rows, seed), "val": _cap(split.val, cfg.max_eval_rows, seed + 1),
+           "test": _cap(split.test, cfg.max_eval_rows, seed + 2)}
+    norms = {}
+    for s in {x for p in cfg.pairs for x in p}:
+        norms[s] = _norm_stats(acts[s][split.train]) if cfg.normalise else (torch.zeros(acts.width(s)), 1.0)
+    data = {}
+    for a, b in cfg.pairs:
+        (mu_a, s_a), (mu_b, s_b) = norms[a], norms[b]
+        data[(a, b)] = _Prepared({k: (acts[a][i] - mu_a) / s_a for k, i in idx.items()},
+                                 {k: (acts[b][i] - mu_b) / s_b for k, i in idx.items()})
+    return norms, data
+
+
+def _variant_cfg(train: MapTrainConfig, variant: str, seed: int) -> MapTrainConfig:
+    changes = {"seed": seed}
+    if variant in _ABLATE:
+        changes[_ABLATE[variant]] = 0.0
+    return dataclasses.replace(train, **changes)
+
+
+def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, checkpoint_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> AlignmentResult:
+    """Fit the configured cross-scale maps (default f_GI and f_IL) and evaluate them on held-out documents.
+
+    ``progress``: tqdm bars on stderr over the maps and each map's training steps.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or AlignConfig()
+    _check_pairs(acts, cfg.pairs)
+    acts.check_finite()
+    norms, data = _prepare(acts, cfg, cfg.seed)
+    maps, mets, hist = {}, {}, {}
+    for (a, b), d in tqdm(data.items(), desc="fit", unit="map", leave=False, disable=not progress):
+        k = pair_key(a, b)
+        train_cfg = _variant_cfg(cfg.train, "full", cfg.seed)
+        if checkpoint_dir is not None:
+            train_cfg = dataclasses.replace(train_cfg, checkpoint_dir=str(Path(checkpoint_dir) / k.replace("->", "_to_")))
+        out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], train_cfg, progress=progress, desc=k)
+        f = out.map.cpu().eval()
+        cf = out.closed_form or procrustes(d.X["train"], d.Y["train"])
+        Xt, Yt = d.X["test"], d.Y["test"]
+        with torch.no_grad():
+            pred, pred_cf = f(Xt), cf.apply(Xt)
+        mets[k] = {
+            # no identity map between different widths: "before" is undefined there
+            "before": _metric_values(cfg.map_metrics, Xt, Yt) if Xt.shape[1] == Yt.shape[1]
+            else {n: float("nan") for n in cfg.map_metrics},
+            "closed_form": _metric_values(cfg.map_metrics, pred_cf, Yt),
+            "after": _metric_values(cfg.map_metrics, pred, Yt),
+            "pair": _metric_values(cfg.pair_metrics, Xt, Yt),
+            "pair_after_map": _metric_values(cfg.pair_metrics, pred, Yt),
+            "floor": {n: float(M.kl_floor(Yt, kind="diag" if n == "kl_diag" else "full")) for n in cfg.map_metrics
+                      if n in ("kl_diag", "kl_full")},
+            "n_test": int(Xt.shape[0]),
+            "n_train": int(d.X["train"].shape[0]),
+            # the rows _prepare dropped: flagged in any scale of any configured pair (all splits)
+            "n_massive_excluded": int(massive_rows(acts, {x for p in cfg.pairs for x in p}, cfg.outlier_factor).sum()),
+            "best_step": out.best_step,
+            # held-out neural MI bound of the jointly trained critic at the best step (nats; NaN if λ_info = 0)
+            "mi_heldout": next((float(h["val_info"]) for h in out.history if h["step"] == out.best_step), float("nan")),
+            "mi_estimator": train_cfg.estimator,
+            "orthogonality_error": f.orthogonality_error(),
+        }
+        maps[k], hist[k] = f, out.history
+    return AlignmentResult(maps, norms, mets, hist, cfg.to_dict(), dict(acts.meta))
+
+
+# ----- ablations -----------------------------------------------------------------------------------------
+def _inert_note(variant: str, train: MapTrainConfig, d_in: int, d_out: int) -> str:
+    affine_square = d_in == d_out and train.residual_hidden == 0
+    if variant == "no_information" and affine_square:
+        return "inert by theory: a square orthogonal affine map is invertible, so MI cannot change (methods.md §0)"
+    if variant == "no_curvature" and train.residual_hidden == 0:
+        return "inert by theory: the curvature penalty of an affine map is identically 0"
+    if variant == "no_geometry" and affine_square:
+        return "without L_geo only the (inert) MI term drives the map: expect drift from the closed form, no gain"
+    return ""
+
+
+@dataclass
+class AblationResult:
+    """Per-seed held-out metrics for each variant and pair (``rows``) and their summary (``summary``)."""
+
+    rows: list[dict]
+    summary: list[dict]
+    config: dict
+    provenance: dict
+    curves: dict[str, list[dict]] = field(default_factory=dict)
+
+    def table(self) -> str:
+        def fp(v):
+            return "" if v is None or math.isnan(v) else f"{v:.3g}"
+
+        lines = [f"{'pair':<22}{'variant':<16}{'metric':<10}{'mean':>11}{'95% CI':>28}{'p vs base':>11}{'p vs CF':>9}  note"]
+        for r in self.summary:
+            ci = f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+            lines.append(f"{r['pair']:<22}{r['variant']:<16}{r['metric']:<10}{r['mean']:>11.4g}{ci:>28}"
+                         f"{fp(r['p_vs_baseline']):>11}{fp(r.get('p_vs_closed_form')):>9}  {r['note']}")
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """``path/ablation.json`` (everything) and ``path/ablation.csv`` (the summary), written atomically."""
+        path = Path(path)
+        write_json_atomic(path / "ablation.json", dataclasses.asdict(self))
+        write_csv_atomic(path / "ablation.csv", self.summary)
+        return path
+
+    def figures(self) -> dict:
+        """Plotly figures: metric bars with CIs per variant (one per pair × metric) and training curves."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        figs = {}
+        pairs = sorted({r["pair"] for r in self.summary})
+        mets = sorted({r["metric"] for r in self.summary})
+        fig = make_subplots(rows=len(pairs), cols=len(mets), subplot_titles=[f"{p}: {m}" for p in pairs for m in mets])
+        for i, p in enumerate(pairs, 1):
+            for j, m in enumerate(mets, 1):
+                rs = [r for r in self.summary if r["pair"] == p and r["metric"] == m]
+                fig.add_trace(go.Bar(x=[r["variant"] for r in rs], y=[r["mean"] for r in rs], showlegend=False,
+                                     error_y={"type": "data", "symmetric": False,
+                                              "array": [_nz(r["ci_high"] - r["mean"]) for r in rs],
+                                              "arrayminus": [_nz(r["mean"] - r["ci_low"]) for r in rs]}), i, j)
+        fig.update_layout(title="held-out metrics per ablation (mean and 95% CI over seeds)", height=350 * len(pairs))
+        figs["ablation_bars"] = fig
+        curve = go.Figure()
+        for key, hist in self.curves.items():
+            curve.add_trace(go.Scatter(x=[h["step"] for h in hist], y=[h["val_objective"] for h in hist], mode="lines", name=key))
+        curve.update_layout(title="held-out objective during training", xaxis_title="step", yaxis_title="objective")
+        figs["training_curves"] = curve
+        return figs
+
+    def write_html(self, path: str | os.PathLike) -> Path:
+        parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(self.figures().values())]
+        return write_text_atomic(path, "<html><head><meta charset='utf-8'><title>msma-lens ablations</title></head><body>"
+                                 + "".join(parts) + "</body></html>")
+
+
+def _nz(v: float) -> float:
+    return 0.0 if not math.isfinite(v) else max(v, 0.0)
+
+
+def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, variants: tuple[str, ...] = VARIANTS,
+                  seeds: tuple[int, ...] = (0, 1, 2), level: float = 0.95, progress: bool = True) -> AblationResult:
+    """Baseline / closed form / full / no-geometry / no-information / no-curvature over seeds, held-out metrics.
+
+    Each seed draws its own document split and training seed; variants share the split of their seed, so
+    comparisons with the baseline and the closed form are paired by seed (paired t-tests). Rows whose term is inert by theory carry
+    a note; equal numbers there are the expected null result, not a bug. ``progress``: tqdm bars on stderr over
+    the (seed, pair, variant) cells and each map's training steps.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or AlignConfig()
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ConfigError(f"unknown ablation variant(s) {bad}; valid: {list(VARIANTS)}")
+    if len(seeds) < 1 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct integers, got {seeds}")
+    _check_pairs(acts, cfg.pairs)
+    acts.check_finite()
+    rows, curves = [], {}
+    bar = tqdm(total=len(seeds) * len(cfg.pairs) * len(variants), desc="ablate", unit="fit", leave=False, disable=not progress)
+    for seed in seeds:
+        _, data = _prepare(acts, cfg, seed)
+        for (a, b), d in data.items():
+            k = pair_key(a, b)
+            Xt, Yt = d.X["test"], d.Y["test"]
+            cf = None
+            for v in variants:
+                bar.set_postfix_str(f"seed {seed} {k} {v}", refresh=False)
+                if v == "baseline":
+                    pred = Xt
+                elif v == "closed_form":
+                    cf = cf or procrustes(d.X["train"], d.Y["train"])
+                    pred = cf.apply(Xt)
+                else:
+                    out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], _variant_cfg(cfg.train, v, seed),
+                                  progress=progress, desc=f"{k} {v}")
+                    with torch.no_grad():
+                        pred = out.map.eval()(Xt)
+                    curves[f"{k} {v} seed{seed}"] = [{"step": h["step"], "val_objective": h["val_objective"]} for h in out.history]
+                bar.update()
+                if pred.shape[1] != Yt.shape[1]:
+                    continue  # baseline between different widths: no identity map
+                for name, val in _metric_values(cfg.map_metrics, pred, Yt).items():
+                    rows.append({"seed": seed, "pair": k, "variant": v, "metric": name, "value": val})
+    bar.close()
+    summary = []
+    widths = {pair_key(a, b): (acts.width(a), acts.width(b)) for a, b in cfg.pairs}
+    for k in [pair_key(a, b) for a, b in cfg.pairs]:
+        for v in variants:
+            for name in cfg.map_metrics:
+                vals = [r["value"] for r in rows if r["pair"] == k and r["variant"] == v and r["metric"] == name]
+                if not vals:
+                    continue
+                mean, lo, hi = mean_ci(vals, level)
+                p = {}
+                for ref in ("baseline", "closed_form"):
+                    other = [r["value"] for r in rows if r["pair"] == k and r["variant"] == ref and r["metric"] == name]
+                    p[ref] = None if v in ("baseline", ref) or len(other) != len(vals) else paired_t_test(vals, other)
+                summary.append({"pair": k, "variant": v, "metric": name, "mean": mean, "ci_low": lo, "ci_high": hi,
+                                "n_seeds": len(vals), "p_vs_baseline": p["baseline"], "p_vs_closed_form": p["closed_form"],
+                                "note": _inert_note(v, cfg.train, *widths[k])})
+    return AblationResult(rows, summary, cfg.to_dict(), dict(acts.meta), curves)
