@@ -383,8 +383,10 @@ def _steer_and_report(lens, args: argparse.Namespace, out: Path) -> None:
 
 
 # what the stream holds at every layer of a scale (at="held", the default, or "entry"): translate/noise relative to
-# the residual norm, rescale a factor, attention a temperature
-_MAIN_STRENGTHS = {"translate": (0.5,), "rescale": (1.5,), "noise": (0.3,), "attention": (2.0,)}
+# the residual norm, rescale a factor, attention a temperature. Chosen on 4 held-out prompts (not the main job's) on
+# SmolLM2's intermediate scale: translate 0.1/0.2/0.5 raise perplexity 2x/4x/50x, noise 0.1/0.2/0.3 1.6x/4.8x/40x;
+# 0.2 changes the text visibly while it stays mostly fluent.
+_MAIN_STRENGTHS = {"translate": (0.2,), "rescale": (1.5,), "noise": (0.2,), "attention": (2.0,)}
 # at="every" stacks each residual edit over a scale's layers (10 on SmolLM2): per-layer strengths, much smaller
 _MAIN_STRENGTHS_EVERY = {"translate": (0.1,), "rescale": (1.1,), "noise": (0.1,), "attention": (2.0,)}
 

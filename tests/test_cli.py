@@ -46,7 +46,7 @@ def test_run_writes_summary_and_html(tmp_path, capsys):
     assert set(AlignmentResult.load(out / "alignment").maps) == {"global->intermediate", "intermediate->local"}
     exp = ExperimentResult.load(out / "steering")
     assert {r["intervention"] for r in exp.table} == {"rescale", "noise"} and {r["scale"] for r in exp.table} == {"local", "intermediate", "global"}
-    assert exp.config["at"] == {"rescale": "entry", "noise": "entry"} and exp.config["strengths"] == {"rescale": [1.5], "noise": [0.3]}
+    assert exp.config["at"] == {"rescale": "entry", "noise": "entry"} and exp.config["strengths"] == {"rescale": [1.5], "noise": [0.2]}
     assert "p_holm" in (out / "steering.txt").read_text() and (out / "steering" / "heatmap.html").is_file()
     summary = (out / "summary.txt").read_text()
     assert "local" in summary and "global" in summary and "TwoNN" in summary
