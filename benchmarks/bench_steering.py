@@ -7,6 +7,7 @@ Variants, run interleaved, median wall time of ``--runs`` each (1 thread):
   raw-hook     model.hooks with ``x + delta`` on every layer of the scale (what a hand-written hook costs)
   msma-base    msma_lens.steer.generate.generate with no intervention (tracker hook only)
   msma-steer   msma_lens.steer.generate.generate with Translate(scale, relative=True, at="every") on every layer of the scale
+  msma-held    the same edit with the default at="held" (entry + every block, one application held)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
     layers = sc[args.scale]
     v = random_direction(_tl.d_model(model), seed=0)
     iv = Translate(args.scale, v, strength=0.5, relative=True, at="every")  # the same hooks as raw-hook
+    held = Translate(args.scale, v, strength=0.5, relative=True)  # the default: entry + every block, one edit held
     delta = (50.0 * v).to(_tl.model_dtype(model))
     raw = [(_tl.resid_name(model, x), lambda x, hook: x + delta) for x in layers]
 
@@ -62,7 +64,10 @@ def main() -> None:
     def msma_steer():
         return generate(model, [PROMPT], [iv], max_new_tokens=args.tokens, do_sample=False, stop_at_eos=False)
 
-    variants = {"plain": plain, "raw-hook": raw_hook, "msma-base": msma_base, "msma-steer": msma_steer}
+    def msma_held():
+        return generate(model, [PROMPT], [held], max_new_tokens=args.tokens, do_sample=False, stop_at_eos=False)
+
+    variants = {"plain": plain, "raw-hook": raw_hook, "msma-base": msma_base, "msma-steer": msma_steer, "msma-held": msma_held}
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}

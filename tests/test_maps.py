@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from msma_lens.align import procrustes
-from msma_lens.align.maps import CrossScaleMap, MapTrainConfig, curvature_loss, fit_map, geo_loss
+from msma_lens.align.maps import CHECKPOINT_FILE, CrossScaleMap, MapTrainConfig, MapTrainer, curvature_loss, fit_map, geo_loss
 from msma_lens.errors import ArtifactError, ConfigError, NumericsError
 
 
@@ -251,3 +251,87 @@ def test_fit_map_progress_bar_on_stderr_and_off(capsys):
     off = fit_map(X, Y, Xv, Yv, cfg, progress=False)
     assert capsys.readouterr().err == ""
     assert _history_equal(on.history, off.history) and _state_equal(on.map, off.map)  # the bar does not touch the fit
+
+
+def _nested_equal(a, b) -> bool:
+    """Equal nested dicts / lists / tensors / floats (NaN equals NaN)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_nested_equal(u, v) for u, v in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return a == b
+
+
+def _trainer_data():
+    X, Y, Xv, Yv = _planted(300, 10, 1, 10, nonlinear=0.3)
+    cfg = MapTrainConfig(residual_hidden=8, steps=40, batch_size=64, eval_every=5, patience=3, critic_hidden=16, critic_embed=8,
+                         eval_batch_size=64, stabilize=7, seed=2, lr=3e-2)  # early-stops at step 20, best at step 5
+    return X, Y, Xv, Yv, cfg
+
+
+def test_trainer_step_evaluate_record():
+    X, Y, Xv, Yv, cfg = _trainer_data()
+    tr = MapTrainer(X, Y, Xv, Yv, cfg)
+    assert tr.steps_done == 0 and tr.history == [] and tr.closed_form is not None
+    before = tr.evaluate()
+    assert before == tr.evaluate() and set(before) == {"val_objective", "val_geo", "val_info", "val_curv"}  # no state change
+    row0 = tr.record()
+    assert tr.history == [row0] and row0["step"] == 0 and math.isnan(row0["train_loss"]) and tr.stopper.best_step == 0
+    losses = [tr.step() for _ in range(3)]
+    assert tr.steps_done == 3 and all(set(d) == {"loss", "geo", "info", "curv"} and math.isfinite(d["loss"]) for d in losses)
+    assert losses[0]["loss"] == pytest.approx(cfg.lambda_geo * losses[0]["geo"] - cfg.lambda_info * losses[0]["info"]
+                                              + cfg.lambda_curv * losses[0]["curv"], rel=1e-5)
+    row = tr.record()
+    assert row["step"] == 3 and row["train_loss"] == pytest.approx(sum(d["loss"] for d in losses) / 3)
+    assert tr.map.orthogonality_error() < 1e-5 and isinstance(tr.map.W, geoopt.ManifoldParameter)
+    done = MapTrainer(X, Y, Xv, Yv, _geo_only(steps=2))
+    done.step(), done.step()
+    with pytest.raises(ConfigError, match="MapTrainer.step: all cfg.steps=2 steps are done"):
+        done.step()
+
+
+def test_trainer_is_fit_map_and_resumes_from_a_state_dict_mid_training(tmp_path):
+    X, Y, Xv, Yv, cfg = _trainer_data()
+    full = MapTrainer(X, Y, Xv, Yv, cfg).fit(progress=False)
+    ref = fit_map(X, Y, Xv, Yv, cfg, progress=False)
+    assert _state_equal(full.map, ref.map) and _history_equal(full.history, ref.history) and full.best_step == ref.best_step
+    assert full.completed and full.steps_run < cfg.steps and full.best_step < 13  # resumed below with one bad evaluation
+    part = MapTrainer(X, Y, Xv, Yv, cfg)
+    part.record()
+    for _ in range(13):  # stop between evaluations: the train-loss accumulator and the RNG are mid-interval
+        part.step()
+        if part.steps_done % cfg.eval_every == 0:
+            part.record()
+    state, part_stopper = part.state_dict(), part.stopper.state_dict()
+    for _ in range(4):  # the state is a snapshot: training on does not change it
+        part.step()
+    resumed = MapTrainer(X, Y, Xv, Yv, cfg)
+    resumed.load_state_dict(state)
+    assert _nested_equal(resumed.state_dict(), state) and resumed.steps_done == 13 and resumed.closed_form is None
+    assert resumed.stopper.state_dict() == part_stopper and resumed.stopper.bad == 1
+    out = resumed.fit(progress=False)
+    assert out.completed and out.steps_run == full.steps_run
+    assert _state_equal(full.map, out.map) and _state_equal(full.critic, out.critic)
+    assert _history_equal(full.history, out.history) and (full.best_step, full.best_objective) == (out.best_step, out.best_objective)
+    assert out.map.orthogonality_error() < 1e-5 and out.map.det_sign() == full.map.det_sign()
+    part.save(tmp_path / CHECKPOINT_FILE)  # the file format is the state dict
+    from_file = MapTrainer(X, Y, Xv, Yv, cfg)
+    from_file.load(tmp_path / CHECKPOINT_FILE)
+    assert _nested_equal(from_file.state_dict(), part.state_dict())
+
+
+def test_trainer_state_dict_mismatches_are_artifact_errors():
+    X, Y, Xv, Yv, cfg = _trainer_data()
+    state = MapTrainer(X, Y, Xv, Yv, cfg).state_dict()
+    with pytest.raises(ArtifactError, match=r"^state dict was written with a different config \(fields: seed\)$"):
+        MapTrainer(X, Y, Xv, Yv, MapTrainConfig(**{**vars(cfg), "seed": 3})).load_state_dict(state)
+    with pytest.raises(ArtifactError, match="state dict holds a map .*'residual_hidden': 8"):
+        MapTrainer(X, Y, Xv, Yv, cfg, map=CrossScaleMap(10, 10)).load_state_dict(state)
+    with pytest.raises(ArtifactError, match="mine.pt has checkpoint format_version 2; .* reads version 1 only"):
+        MapTrainer(X, Y, Xv, Yv, cfg).load_state_dict({**state, "format_version": 2}, source="mine.pt")
+    with pytest.raises(ArtifactError, match="state dict is not a fit_map checkpoint"):
+        MapTrainer(X, Y, Xv, Yv, cfg).load_state_dict({"map": state["map"]})

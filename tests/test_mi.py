@@ -181,3 +181,20 @@ def test_validation_split_keeps_test_out_of_model_selection(data):
         estimate_mi(x, y, xte, yte, x_val=xv)
     with pytest.raises(ConfigError, match="y_val has width 3 but y_train has width 2"):
         estimate_mi(x, y, xte, yte, x_val=xv, y_val=torch.randn(2048, 3))
+
+
+def test_early_stopping_keeps_the_best_critic_and_stops_after_patience_bad_evaluations():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(600, 6, generator=g)
+    y = x @ torch.randn(6, 4, generator=g) + 0.5 * torch.randn(600, 4, generator=g)
+    kw = dict(steps=150, batch_size=64, eval_every=5, patience=3, hidden=32, embed=8, eval_batch_size=100, lr=3e-3, seed=0)
+    r = estimate_mi(x[:300], y[:300], x[300:450], y[300:450], "infonce", **kw)
+    assert r.steps_run < 150 and r.steps_run == r.best_step + 3 * 5  # stopped 3 evaluations after the best
+    assert r.estimate == max(r.heldout_curve) == r.heldout_curve[r.eval_steps.index(r.best_step)]
+    from msma_lens.analysis.mi import heldout_mi
+
+    r.critic.eval()
+    assert heldout_mi(r.critic, x[300:450], y[300:450], "infonce", batch_size=100,
+                      perm=torch.randperm(150, generator=torch.Generator().manual_seed(1))) == r.estimate  # best critic restored
+    off = estimate_mi(x[:300], y[:300], x[300:450], y[300:450], "infonce", early_stopping=False, **kw)
+    assert off.steps_run == 150 and off.estimate == off.heldout_curve[-1] and off.best_step == 150

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..align.procrustes import ProcrustesFit, as_matrix, check_finite, procrustes
 from ..analysis.mi import CRITICS, ESTIMATORS, heldout_mi, make_critic, make_objective
+from ..analysis.stopping import EarlyStopping
 from ..errors import ArtifactError, ConfigError, NumericsError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "MapTrainConfig",
     "FitOutput",
     "fit_map",
+    "MapTrainer",
     "MANIFOLDS",
     "CHECKPOINT_FILE",
 ]
@@ -48,6 +50,7 @@ MANIFOLDS: tuple[str, ...] = ("canonical", "euclidean")
 INITS: tuple[str, ...] = ("procrustes", "identity")
 CHECKPOINT_FILE = "fit_map.pt"
 _CKPT_FORMAT = "msma_lens.fit_map.checkpoint"
+_CKPT_VERSION = 1
 
 
 class CrossScaleMap(nn.Module):
@@ -352,6 +355,280 @@ def _cosine(base: float, t: int, total: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * t / total))
 
 
+def _check_cfg(cfg: MapTrainConfig | None) -> MapTrainConfig:
+    cfg = MapTrainConfig() if cfg is None else cfg
+    if not isinstance(cfg, MapTrainConfig):
+        raise ConfigError(f"cfg must be a MapTrainConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def _check_stop_after(stop_after: int | None, cfg: MapTrainConfig) -> None:
+    if stop_after is None:
+        return
+    if not (_is_int(stop_after) and stop_after >= 1):
+        raise ConfigError(f"stop_after must be None or an integer >= 1, got {stop_after!r}")
+    if cfg.checkpoint_dir is None:
+        raise ConfigError("stop_after needs cfg.checkpoint_dir (the fit resumes from the checkpoint)")
+
+
+def _build(
+    t: dict[str, torch.Tensor], cfg: MapTrainConfig, map: CrossScaleMap | None
+) -> tuple[CrossScaleMap, nn.Module, ProcrustesFit | None]:
+    """The map (new, or a copy of ``map``), the critic (both seeded by ``cfg.seed``) and the closed-form init."""
+    d_in, d_out = t["X_train"].shape[1], t["Y_train"].shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if map is None:
+            m = CrossScaleMap(d_in, d_out, residual_hidden=cfg.residual_hidden, manifold=cfg.manifold)
+        else:
+            m = copy.deepcopy(map)
+        critic = make_critic(cfg.critic, d_out, d_out, hidden=cfg.critic_hidden, embed=cfg.critic_embed)
+    closed_form = m.init_from_procrustes(t["X_train"], t["Y_train"]) if (map is None and cfg.init == "procrustes") else None
+    return m, critic, closed_form
+
+
+_ZERO_ACC = {"n": 0, "loss": 0.0, "geo": 0.0, "info": 0.0, "curv": 0.0}
+
+
+class MapTrainer:
+    """Joint training of a :class:`CrossScaleMap` and its MI critic; :func:`fit_map` is ``MapTrainer(...).fit()``.
+
+    Arguments as in :func:`fit_map`. :meth:`step` takes one optimisation step, :meth:`evaluate` reads the held-out
+    objective, :meth:`record` logs a ``history`` row (and updates the best state and :attr:`stopper`), :meth:`fit`
+    runs the loop. :meth:`state_dict` / :meth:`load_state_dict` carry everything a resumed fit needs (map, critic,
+    optimiser, MINE average, RNG, step, history, best state, early stopping); it is what ``checkpoint_dir`` holds.
+    """
+
+    def __init__(self, X_train, Y_train, X_val, Y_val, cfg: MapTrainConfig | None = None, *,
+                 map: CrossScaleMap | None = None):
+        cfg = self.cfg = _check_cfg(cfg)
+        if map is not None and not isinstance(map, CrossScaleMap):
+            raise ConfigError(f"map must be a CrossScaleMap, got {type(map).__name__}")
+        t = _check_inputs(X_train, Y_train, X_val, Y_val, None if map is None else map.d_in, None if map is None else map.d_out)
+        dev = torch.device(cfg.device) if cfg.device is not None else (map.W.device if map is not None else torch.device("cpu"))
+        m, critic, self.closed_form = _build(t, cfg, map)
+        self.map, self.critic, self.device = m.to(dev), critic.to(dev), dev
+        dtype = self.map.W.dtype
+        self._X, self._Y, self._Xv, self._Yv = (t[k].to(device=dev, dtype=dtype) for k in ("X_train", "Y_train", "X_val", "Y_val"))
+        self._use_info = cfg.lambda_info > 0
+        self._use_curv = cfg.lambda_curv > 0 and self.map.residual is not None
+        euclid = self.map.euclidean_parameters() + (list(self.critic.parameters()) if self._use_info else [])
+        self.optimizer = geoopt.optim.RiemannianAdam(
+            [{"params": self.map.stiefel_parameters(), "lr": cfg.stiefel_lr}, {"params": euclid, "lr": cfg.lr}],
+            stabilize=cfg.stabilize,
+        )
+        self.objective = make_objective(cfg.estimator, alpha=cfg.mine_alpha, tau=cfg.smile_tau)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self._eval_perm = torch.randperm(self._Xv.shape[0], generator=torch.Generator().manual_seed(cfg.seed + 1))
+        self._fingerprint = _fingerprint(t["X_train"], t["Y_train"], t["X_val"], t["Y_val"])
+        self._map_spec = {"d_in": m.d_in, "d_out": m.d_out, "residual_hidden": m.residual_hidden, "manifold": m.manifold_name}
+        self.steps_done = 0
+        self.history: list[dict] = []
+        self.stopper = EarlyStopping(cfg.patience, mode="min")
+        self.best_state: dict | None = None  # {"map", "critic"} state dicts at stopper.best_step
+        self.finished = False
+        self._acc = dict(_ZERO_ACC)
+
+    def __repr__(self) -> str:
+        return f"MapTrainer({self.map!r}, steps_done={self.steps_done}/{self.cfg.steps}, finished={self.finished})"
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``cfg.checkpoint_dir / CHECKPOINT_FILE``, or None."""
+        return Path(self.cfg.checkpoint_dir) / CHECKPOINT_FILE if self.cfg.checkpoint_dir is not None else None
+
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        pred = self.map(xb)
+        lg = geo_loss(pred, yb)
+        loss = cfg.lambda_geo * lg
+        info = pred.new_zeros(())
+        if self._use_info:
+            info = self.objective(self.critic(pred, yb))
+            loss = loss - cfg.lambda_info * info
+        lc = pred.new_zeros(())
+        if self._use_curv:
+            lc = curvature_loss(self.map.residual, xb, cfg.curvature_eps, generator=self.generator)
+            loss = loss + cfg.lambda_curv * lc
+        return loss, {"loss": loss, "geo": lg, "info": info, "curv": lc}
+
+    def step(self) -> dict[str, float]:
+        """One optimisation step on a training minibatch (cosine-decayed learning rates); returns its
+        ``loss``, ``geo``, ``info`` and ``curv``. NumericsError on a non-finite loss."""
+        cfg, step = self.cfg, self.steps_done
+        if step >= cfg.steps:
+            raise ConfigError(f"MapTrainer.step: all cfg.steps={cfg.steps} steps are done")
+        for g, base in zip(self.optimizer.param_groups, (cfg.stiefel_lr, cfg.lr)):
+            g["lr"] = _cosine(base, step, cfg.steps)
+        n, B = self._X.shape[0], min(cfg.batch_size, self._X.shape[0])
+        j = (torch.arange(n) if B == n else torch.randperm(n, generator=self.generator)[:B]).to(self.device)
+        loss, parts = self._loss(self._X[j], self._Y[j])
+        if not torch.isfinite(loss):
+            raise NumericsError(
+                f"fit_map: non-finite loss at step {step + 1} (geo={float(parts['geo'])}, info={float(parts['info'])}, "
+                f"curv={float(parts['curv'])}); lower the learning rates or lambda_info"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps_done = step + 1
+        out = {k: float(v.detach()) for k, v in parts.items()}
+        self._acc["n"] += 1
+        for k, v in out.items():
+            self._acc[k] += v
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The held-out objective (same λs) and its terms: ``val_objective``, ``val_geo``, ``val_info`` (NaN
+        without the info term; Î on batches of ``eval_batch_size``) and ``val_curv``. Changes no state."""
+        cfg, m, critic, Xva, Yva = self.cfg, self.map, self.critic, self._Xv, self._Yv
+        m.eval()
+        critic.eval()
+        num = 0.0
+        for i in range(0, Xva.shape[0], 4096):
+            num += float((m(Xva[i : i + 4096]) - Yva[i : i + 4096]).double().square().sum())
+        den = float((Yva.double() - Yva.double().mean(0)).square().sum())
+        geo = num / max(den, torch.finfo(torch.float64).tiny)
+        Be = min(cfg.eval_batch_size, Xva.shape[0])
+        info = float("nan")
+        if self._use_info:
+            info = heldout_mi(lambda a, b: critic(m(a), b), Xva, Yva, cfg.estimator, batch_size=Be, perm=self._eval_perm,
+                              tau=cfg.smile_tau)
+        curv = 0.0
+        if self._use_curv:
+            j = self._eval_perm[:Be].to(self.device)
+            curv = float(curvature_loss(m.residual, Xva[j], cfg.curvature_eps, generator=torch.Generator().manual_seed(cfg.seed + 2)))
+        obj = cfg.lambda_geo * geo + cfg.lambda_curv * curv - (cfg.lambda_info * info if self._use_info else 0.0)
+        m.train()
+        critic.train()
+        return {"val_objective": obj, "val_geo": geo, "val_info": info, "val_curv": curv}
+
+    def record(self) -> dict:
+        """Evaluate, append a ``history`` row (train means since the last row, held-out terms, ``ortho_error``),
+        update :attr:`stopper` and keep the state if it is the best; returns the row."""
+        cfg, step, acc = self.cfg, self.steps_done, self._acc
+        row = {"step": step, "lr_stiefel": _cosine(cfg.stiefel_lr, min(step, cfg.steps - 1), cfg.steps)}
+        for k in ("loss", "geo", "info", "curv"):
+            row[f"train_{k}"] = acc[k] / acc["n"] if acc["n"] else float("nan")
+        row.update(self.evaluate())
+        row["ortho_error"] = self.map.orthogonality_error()
+        self.history.append(row)
+        self._acc = dict(_ZERO_ACC)
+        if self.stopper.update(row["val_objective"], step):
+            self.best_state = {"map": _plain(self.map.state_dict()), "critic": _plain(self.critic.state_dict())}
+        return row
+
+    def state_dict(self) -> dict:
+        """A self-contained copy of the training state (CPU tensors; ``torch.load(weights_only=True)``-safe)."""
+        best = None
+        if self.best_state is not None:
+            best = {"value": self.stopper.best, "step": self.stopper.best_step, **self.best_state}
+        state = {"step": self.steps_done, "history": self.history, "best": best, "bad": self.stopper.bad, "acc": self._acc,
+                 "finished": self.finished}
+        return {
+            "format": _CKPT_FORMAT, "format_version": _CKPT_VERSION, "config": self.cfg.result_fields(),
+            "map_spec": dict(self._map_spec), "data": _plain(self._fingerprint), "map": _plain(self.map.state_dict()),
+            "critic": _plain(self.critic.state_dict()), "optimizer": _plain(self.optimizer.state_dict()),
+            "objective": _plain(self.objective.state_dict()), "generator": self.generator.get_state(),
+            **_plain(state),
+        }
+
+    def load_state_dict(self, state: dict, *, source: str = "state dict") -> None:
+        """Resume from :meth:`state_dict` (or a checkpoint file's content). ArtifactError naming ``source`` if it
+        is not a fit_map state, has another format version, or was made with another config, map or data."""
+        self._check_state(state, source)
+        self.map.load_state_dict(state["map"])
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for st in self.optimizer.state.values():  # torch turns geoopt's int step counters into fp32 tensors on load
+            if torch.is_tensor(st.get("step")):
+                st["step"] = int(st["step"].item())
+        self.objective.load_state_dict(state["objective"])
+        self.generator.set_state(state["generator"])
+        self.closed_form = None
+        self.steps_done, self.finished = int(state["step"]), bool(state["finished"])
+        self.history, self._acc = copy.deepcopy(state["history"]), dict(state["acc"])
+        best = state["best"]
+        self.stopper = EarlyStopping(self.cfg.patience, mode="min")
+        self.best_state = None
+        if best is not None:
+            self.stopper.load_state_dict({"best": best["value"], "best_step": best["step"], "bad": state["bad"]})
+            self.best_state = copy.deepcopy({"map": best["map"], "critic": best["critic"]})
+
+    def _check_state(self, ck, source: str) -> None:
+        if not isinstance(ck, dict) or ck.get("format") != _CKPT_FORMAT:
+            raise ArtifactError(f"{source} is not a fit_map checkpoint")
+        if ck.get("format_version") != _CKPT_VERSION:
+            raise ArtifactError(f"{source} has checkpoint format_version {ck.get('format_version')!r}; this version of "
+                                f"msma_lens reads version {_CKPT_VERSION} only: delete it to start the fit afresh")
+        if ck["config"] != self.cfg.result_fields():
+            diff = sorted(k for k in ck["config"] if ck["config"][k] != self.cfg.result_fields().get(k))
+            raise ArtifactError(f"{source} was written with a different config (fields: {', '.join(diff)})")
+        if ck["map_spec"] != self._map_spec:
+            raise ArtifactError(f"{source} holds a map {ck['map_spec']}, this fit builds {self._map_spec}")
+        if ck["data"] != self._fingerprint:
+            raise ArtifactError(f"{source} was written for different training/validation data")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state_dict` to ``path`` atomically (a ``.tmp`` file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """:meth:`load_state_dict` from a file written by :meth:`save`; ArtifactError if unreadable or mismatched."""
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # any unpickling failure means a corrupt or foreign file
+            raise ArtifactError(f"cannot read checkpoint {path}: {e}") from None
+        self.load_state_dict(ck, source=f"checkpoint {path}")
+
+    def fit(self, *, stop_after: int | None = None, progress: bool = True, desc: str = "fit_map") -> FitOutput:
+        """Train to ``cfg.steps`` or early stop (see :func:`fit_map`); a trainer that has not started resumes from
+        ``cfg.checkpoint_dir`` when it holds a checkpoint. Returns the best state once complete."""
+        cfg, path = self.cfg, self.checkpoint_path
+        _check_stop_after(stop_after, cfg)
+        if path is not None and path.exists() and not self.history and self.steps_done == 0:
+            self.load(path)
+        if not self.history:
+            self.record()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=self.steps_done, desc=desc, unit="step", leave=False, disable=not progress,
+                   postfix={"val": f"{self.history[-1]['val_objective']:.4g}"})
+        with bar:  # closed (and cleared) also on exceptions and Ctrl-C
+            while not self.finished:
+                self.step()
+                bar.update()
+                step = self.steps_done
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    bar.set_postfix(val=f"{self.record()['val_objective']:.4g}", refresh=False)
+                    self.finished = self.stopper.should_stop
+                self.finished = self.finished or step == cfg.steps
+                if path is not None and (self.finished or step % cfg.checkpoint_every == 0 or step == stop_after):
+                    self.save(path)
+                if step == stop_after and not self.finished:
+                    break
+        return self._output()
+
+    def _output(self) -> FitOutput:
+        """The result; once finished, the map and critic are set to the best state and W re-projected in float64."""
+        if self.finished:
+            self.map.load_state_dict(self.best_state["map"])
+            self.critic.load_state_dict(self.best_state["critic"])
+            with torch.no_grad():  # final float64 re-projection (polar factor; keeps the det sign), as `stabilize` does
+                U, _, Vh = torch.linalg.svd(self.map.W.detach().double(), full_matrices=False)
+                self.map.W.copy_((U @ Vh).to(self.map.W))
+        return FitOutput(
+            map=self.map, critic=self.critic, history=self.history, best_step=int(self.stopper.best_step),
+            best_objective=float(self.stopper.best), steps_run=self.steps_done, completed=self.finished,
+            closed_form=self.closed_form, config=self.cfg,
+        )
+
+
 def fit_map(
     X_train,
     Y_train,
@@ -364,7 +641,7 @@ def fit_map(
     progress: bool = True,
     desc: str = "fit_map",
 ) -> FitOutput:
-    """Fit ``f: X → Y`` with ``λ_geo·L_geo − λ_info·Î + λ_curv·L_curv`` (see module docstring).
+    """Fit ``f: X → Y`` with ``λ_geo·L_geo − λ_info·Î + λ_curv·L_curv`` (see module docstring); runs :class:`MapTrainer`.
 
     Inputs are ``[n, d]`` tensors, expected centred and RMS-normalised by the caller (not assumed: widths,
     row counts and finiteness are checked). ``map`` (optional) is copied and trained from its current state
@@ -387,194 +664,6 @@ def fit_map(
     ``progress``: a tqdm bar over the training steps on stderr (labelled ``desc``), with the held-out
     objective (``val``) after each evaluation.
     """
-    cfg = MapTrainConfig() if cfg is None else cfg
-    if not isinstance(cfg, MapTrainConfig):
-        raise ConfigError(f"cfg must be a MapTrainConfig, got {type(cfg).__name__}")
-    if stop_after is not None:
-        if not (_is_int(stop_after) and stop_after >= 1):
-            raise ConfigError(f"stop_after must be None or an integer >= 1, got {stop_after!r}")
-        if cfg.checkpoint_dir is None:
-            raise ConfigError("stop_after needs cfg.checkpoint_dir (the fit resumes from the checkpoint)")
-    if map is not None and not isinstance(map, CrossScaleMap):
-        raise ConfigError(f"map must be a CrossScaleMap, got {type(map).__name__}")
-    t = _check_inputs(X_train, Y_train, X_val, Y_val, None if map is None else map.d_in, None if map is None else map.d_out)
-    dev = torch.device(cfg.device) if cfg.device is not None else (map.W.device if map is not None else torch.device("cpu"))
-    d_in, d_out = t["X_train"].shape[1], t["Y_train"].shape[1]
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        if map is None:
-            m = CrossScaleMap(d_in, d_out, residual_hidden=cfg.residual_hidden, manifold=cfg.manifold)
-        else:
-            m = copy.deepcopy(map)
-        critic = make_critic(cfg.critic, d_out, d_out, hidden=cfg.critic_hidden, embed=cfg.critic_embed)
-    closed_form = m.init_from_procrustes(t["X_train"], t["Y_train"]) if (map is None and cfg.init == "procrustes") else None
-    m = m.to(dev)
-    critic = critic.to(dev)
-    dtype = m.W.dtype
-    Xtr, Ytr, Xva, Yva = (t[k].to(device=dev, dtype=dtype) for k in ("X_train", "Y_train", "X_val", "Y_val"))
-    n_tr, n_va = Xtr.shape[0], Xva.shape[0]
-    B = min(cfg.batch_size, n_tr)
-    Be = min(cfg.eval_batch_size, n_va)
-    use_info = cfg.lambda_info > 0
-    use_curv = cfg.lambda_curv > 0 and m.residual is not None
-
-    stiefel = m.stiefel_parameters()
-    euclid = m.euclidean_parameters() + (list(critic.parameters()) if use_info else [])
-    opt = geoopt.optim.RiemannianAdam(
-        [{"params": stiefel, "lr": cfg.stiefel_lr}, {"params": euclid, "lr": cfg.lr}], stabilize=cfg.stabilize
-    )
-    base_lrs = [cfg.stiefel_lr, cfg.lr]
-    objective = make_objective(cfg.estimator, alpha=cfg.mine_alpha, tau=cfg.smile_tau)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    eval_perm = torch.randperm(n_va, generator=torch.Generator().manual_seed(cfg.seed + 1))
-
-    @torch.no_grad()
-    def evaluate() -> dict:
-        m.eval()
-        critic.eval()
-        num = 0.0
-        for i in range(0, n_va, 4096):
-            num += float((m(Xva[i : i + 4096]) - Yva[i : i + 4096]).double().square().sum())
-        den = float((Yva.double() - Yva.double().mean(0)).square().sum())
-        geo = num / max(den, torch.finfo(torch.float64).tiny)
-        info = float("nan")
-        if use_info:
-            info = heldout_mi(lambda a, b: critic(m(a), b), Xva, Yva, cfg.estimator, batch_size=Be, perm=eval_perm, tau=cfg.smile_tau)
-        curv = 0.0
-        if use_curv:
-            j = eval_perm[:Be].to(dev)
-            curv = float(curvature_loss(m.residual, Xva[j], cfg.curvature_eps, generator=torch.Generator().manual_seed(cfg.seed + 2)))
-        obj = cfg.lambda_geo * geo + cfg.lambda_curv * curv - (cfg.lambda_info * info if use_info else 0.0)
-        m.train()
-        critic.train()
-        return {"val_objective": obj, "val_geo": geo, "val_info": info, "val_curv": curv}
-
-    def snapshot() -> dict:
-        return {"map": copy.deepcopy(_plain(m.state_dict())), "critic": copy.deepcopy(_plain(critic.state_dict()))}
-
-    ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_FILE if cfg.checkpoint_dir is not None else None
-    fingerprint = _fingerprint(t["X_train"], t["Y_train"], t["X_val"], t["Y_val"])
-    map_spec = {"d_in": m.d_in, "d_out": m.d_out, "residual_hidden": m.residual_hidden, "manifold": m.manifold_name}
-    zero_acc = {"n": 0, "loss": 0.0, "geo": 0.0, "info": 0.0, "curv": 0.0}
-
-    state = {"step": 0, "history": [], "best": None, "bad": 0, "acc": dict(zero_acc), "finished": False}
-    if ckpt_path is not None and ckpt_path.exists():
-        try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # any unpickling failure means a corrupt or foreign file
-            raise ArtifactError(f"cannot read checkpoint {ckpt_path}: {e}") from None
-        if not isinstance(ck, dict) or ck.get("format") != _CKPT_FORMAT:
-            raise ArtifactError(f"{ckpt_path} is not a fit_map checkpoint")
-        if ck["config"] != cfg.result_fields():
-            diff = sorted(k for k in ck["config"] if ck["config"][k] != cfg.result_fields().get(k))
-            raise ArtifactError(f"checkpoint {ckpt_path} was written with a different config (fields: {', '.join(diff)})")
-        if ck["map_spec"] != map_spec:
-            raise ArtifactError(f"checkpoint {ckpt_path} holds a map {ck['map_spec']}, this fit builds {map_spec}")
-        if ck["data"] != fingerprint:
-            raise ArtifactError(f"checkpoint {ckpt_path} was written for different training/validation data")
-        m.load_state_dict(ck["map"])
-        critic.load_state_dict(ck["critic"])
-        opt.load_state_dict(ck["optimizer"])
-        for st in opt.state.values():  # torch turns geoopt's int step counters into fp32 tensors on load
-            if torch.is_tensor(st.get("step")):
-                st["step"] = int(st["step"].item())
-        objective.load_state_dict(ck["objective"])
-        gen.set_state(ck["generator"])
-        closed_form = None
-        state = {k: ck[k] for k in state}
-
-    def save() -> None:
-        if ckpt_path is None:
-            return
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": _CKPT_FORMAT, "format_version": 1, "config": cfg.result_fields(), "map_spec": map_spec,
-            "data": fingerprint, "map": _plain(m.state_dict()), "critic": _plain(critic.state_dict()),
-            "optimizer": _plain(opt.state_dict()), "objective": _plain(objective.state_dict()),
-            "generator": gen.get_state(), **_plain(state),
-        }
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, ckpt_path)
-
-    def record(step: int) -> None:
-        acc = state["acc"]
-        row = {"step": step, "lr_stiefel": _cosine(cfg.stiefel_lr, min(step, cfg.steps - 1), cfg.steps)}
-        for k in ("loss", "geo", "info", "curv"):
-            row[f"train_{k}"] = acc[k] / acc["n"] if acc["n"] else float("nan")
-        row.update(evaluate())
-        row["ortho_error"] = m.orthogonality_error()
-        state["history"].append(row)
-        state["acc"] = dict(zero_acc)
-        best = state["best"]
-        if best is None or row["val_objective"] < best["value"]:
-            state["best"] = {"value": row["val_objective"], "step": step, **snapshot()}
-            state["bad"] = 0
-        else:
-            state["bad"] += 1
-
-    if not state["history"]:
-        record(0)
-
-    step = state["step"]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", leave=False, disable=not progress,
-               postfix={"val": f"{state['history'][-1]['val_objective']:.4g}"})
-    with bar:  # closed (and cleared) also on exceptions and Ctrl-C
-        while not state["finished"]:
-            for g, base in zip(opt.param_groups, base_lrs):
-                g["lr"] = _cosine(base, step, cfg.steps)
-            j = torch.arange(n_tr) if B == n_tr else torch.randperm(n_tr, generator=gen)[:B]
-            j = j.to(dev)
-            xb, yb = Xtr[j], Ytr[j]
-            pred = m(xb)
-            lg = geo_loss(pred, yb)
-            loss = cfg.lambda_geo * lg
-            info = pred.new_zeros(())
-            if use_info:
-                info = objective(critic(pred, yb))
-                loss = loss - cfg.lambda_info * info
-            lc = pred.new_zeros(())
-            if use_curv:
-                lc = curvature_loss(m.residual, xb, cfg.curvature_eps, generator=gen)
-                loss = loss + cfg.lambda_curv * lc
-            if not torch.isfinite(loss):
-                raise NumericsError(
-                    f"fit_map: non-finite loss at step {step + 1} (geo={float(lg)}, info={float(info)}, curv={float(lc)}); "
-                    "lower the learning rates or lambda_info"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            acc = state["acc"]
-            acc["n"] += 1
-            for k, v in (("loss", loss), ("geo", lg), ("info", info), ("curv", lc)):
-                acc[k] += float(v.detach())
-            state["step"] = step
-            bar.update()
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                record(step)
-                bar.set_postfix(val=f"{state['history'][-1]['val_objective']:.4g}", refresh=False)
-                if cfg.patience is not None and state["bad"] >= cfg.patience:
-                    state["finished"] = True
-            if step == cfg.steps:
-                state["finished"] = True
-            if state["finished"] or step % cfg.checkpoint_every == 0 or step == stop_after:
-                save()
-            if step == stop_after and not state["finished"]:
-                break
-    completed = state["finished"]
-    best = state["best"]
-    if completed:
-        m.load_state_dict(best["map"])
-        critic.load_state_dict(best["critic"])
-        with torch.no_grad():  # final float64 re-projection (polar factor; keeps the det sign), as `stabilize` does
-            U, _, Vh = torch.linalg.svd(m.W.detach().double(), full_matrices=False)
-            m.W.copy_((U @ Vh).to(m.W))
-    return FitOutput(
-        map=m, critic=critic, history=state["history"], best_step=int(best["step"]), best_objective=float(best["value"]),
-        steps_run=step, completed=completed, closed_form=closed_form, config=cfg,
-    )
+    cfg = _check_cfg(cfg)
+    _check_stop_after(stop_after, cfg)
+    return MapTrainer(X_train, Y_train, X_val, Y_val, cfg, map=map).fit(stop_after=stop_after, progress=progress, desc=desc)

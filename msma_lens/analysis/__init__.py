@@ -1,2 +1,2 @@
 """Measurements: representation metrics (:mod:`.metrics`), statistics (:mod:`.stats`) and text metrics
-(:mod:`.text`)."""
+(:mod:`.text`); MI estimators (:mod:`.mi`) and the early stopping the trainers share (:mod:`.stopping`)."""

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .checks import as_matrix, check_finite
+from .stopping import EarlyStopping
 
 __all__ = [
     "ESTIMATORS",
@@ -387,7 +388,9 @@ def estimate_mi(
     train_curve: list[float] = []
     eval_steps: list[int] = []
     heldout: list[float] = []
-    best, best_step, best_state, bad = -math.inf, 0, copy.deepcopy(net.state_dict()), 0
+    # the untrained critic is the step-0 fallback: a NaN first evaluation is not taken as the best
+    stopper = EarlyStopping(int(patience) if early_stopping else None, mode="max", baseline=-math.inf)
+    best_state = copy.deepcopy(net.state_dict())
     step = 0
     for step in range(1, int(steps) + 1):
         j = torch.randperm(n_tr, generator=gen)[:B].to(dev)
@@ -402,15 +405,14 @@ def estimate_mi(
             net.train()
             eval_steps.append(step)
             heldout.append(h)
-            if h > best:
-                best, best_step, best_state, bad = h, step, copy.deepcopy(net.state_dict()), 0
-            else:
-                bad += 1
-                if early_stopping and bad >= patience:
-                    break
+            if stopper.update(h, step):
+                best_state = copy.deepcopy(net.state_dict())
+            elif stopper.should_stop:
+                break
+    best_step = stopper.best_step
     if early_stopping:
         net.load_state_dict(best_state)
-        estimate = best
+        estimate = stopper.best
     else:
         estimate, best_step = heldout[-1], eval_steps[-1]
     if use_val:  # one read of the test split, with the critic chosen on validation
