@@ -13,7 +13,7 @@ import torch
 from . import tl
 from .align.protocol import VARIANTS, AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
 from .capture import hookpoints
-from .capture.activations import ScaleActivations
+from .capture.activations import DEFAULT_OUTLIER_FACTOR, ScaleActivations, check_outlier_factor
 from .capture.collect import capture as _capture
 from .capture.scales import Scales
 from .errors import ConfigError
@@ -149,16 +149,14 @@ class MSMA:
         return _contrastive_direction(pos, neg, scale, per_layer=per_layer)
 
     def principal_direction(self, texts: Sequence[str], scale: str, *, per_layer: bool = False,
-                            outlier_factor: float | None = 20.0, batch_size: int = 8,
+                            outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR, batch_size: int = 8,
                             progress: bool = False) -> torch.Tensor | dict[int, torch.Tensor]:
         """Unit top principal direction of the token activations of ``texts`` at ``scale`` of this lens.
 
         Token activations as ``lens.capture(texts, pooling="token")[scale]``; massive-activation tokens above
         ``outlier_factor`` × the median norm are dropped first. See :func:`msma_lens.steer.directions.principal_direction`.
         """
-        if outlier_factor is not None and (isinstance(outlier_factor, bool) or not isinstance(outlier_factor, (int, float))
-                                           or outlier_factor <= 1):
-            raise ConfigError(f"outlier_factor must be None or > 1, got {outlier_factor!r}")
+        check_outlier_factor(outlier_factor)
         acts = self._direction_acts(texts, scale, "texts", pooling="token", per_layer=per_layer, batch_size=batch_size,
                                     progress=progress)
         return _principal_direction(acts, scale, per_layer=per_layer, outlier_factor=outlier_factor)

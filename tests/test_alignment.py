@@ -199,3 +199,99 @@ def test_fit_and_ablation_progress_bars(planted, capsys):
     fit_alignment(acts, _cfg(steps=10, eval_every=5), progress=False)
     run_ablations(acts, _cfg(steps=10, eval_every=5), variants=("baseline", "full"), seeds=(0, 1), progress=False)
     assert capsys.readouterr().err == ""
+
+
+# ----- the shared document split and massive-row rule (capture.activations) ----------------------------------
+def _ragged(n_docs=11, seed=0):
+    """Documents of 1-5 rows with non-contiguous ids, rows shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.cat([torch.full((int(k),), 3 * d + 1) for d, k in enumerate(torch.randint(1, 6, (n_docs,), generator=g))])
+    ids = ids[torch.randperm(ids.numel(), generator=g)]
+    return ScaleActivations({"a": torch.randn(ids.numel(), 4, generator=g)}, ids, torch.zeros(ids.numel(), dtype=torch.long))
+
+
+@pytest.mark.parametrize("fractions", [{"held_out": 0.2}, {"held_out": 0.3, "val_fraction": 0.1}, {"x": 0.05, "y": 0.05, "z": 0.6}])
+def test_document_split_keeps_documents_whole_and_is_seeded(fractions):
+    acts = _ragged()
+    docs = {}
+    for seed in range(5):
+        parts = acts.document_split(fractions, seed)
+        assert list(parts) == ["train", *fractions]
+        rows = torch.cat(list(parts.values()))
+        assert sorted(rows.tolist()) == list(range(len(acts)))  # every row in exactly one part
+        sets = {k: set(acts.doc_ids[v].tolist()) for k, v in parts.items()}
+        assert all(sets.values()) and all(v.tolist() == sorted(v.tolist()) for v in parts.values())
+        names = list(sets)
+        assert all(sets[a].isdisjoint(sets[b]) for i, a in enumerate(names) for b in names[i + 1:])  # no straddling
+        again = acts.document_split(fractions, seed)
+        assert all(torch.equal(parts[k], again[k]) for k in parts)  # deterministic by seed
+        docs[seed] = tuple(sorted(s) for s in sets.values())
+    assert len(set(map(str, docs.values()))) > 1  # seeds differ
+
+
+def test_protocol_split_is_the_activations_split_pinned():
+    acts, _ = _planted()
+    from msma_lens.align.protocol import split_documents
+
+    for seed in (0, 1, 7):
+        s = split_documents(acts, 0.2, 0.1, seed)
+        p = acts.document_split({"held_out": 0.2, "val_fraction": 0.1}, seed)
+        assert torch.equal(s.train, p["train"]) and torch.equal(s.val, p["val_fraction"]) and torch.equal(s.test, p["held_out"])
+    # the documents this split drew before the merge (protocol and ScaleActivations each had their own copy)
+    s0 = split_documents(acts, 0.2, 0.1, 0)
+    assert sorted(set(acts.doc_ids[s0.test].tolist())) == [9, 13, 14, 23, 27, 29]
+    assert sorted(set(acts.doc_ids[s0.val].tolist())) == [4, 6, 25]
+    _, te = acts.split_by_document(0.25, seed=3)
+    assert sorted(set(acts.doc_ids[te].tolist())) == [0, 4, 6, 10, 16, 19, 24, 27]
+
+
+def test_document_split_errors_name_the_argument():
+    acts = _ragged(n_docs=2)
+    with pytest.raises(ConfigError, match=r"alignment needs >= 3 documents \(training \+ held_out, val_fraction\), these activations have 2"):
+        acts.document_split({"held_out": 0.2, "val_fraction": 0.1}, what="alignment")
+    with pytest.raises(ConfigError, match="val_fraction must be a fraction in \\(0, 1\\), got 1.5"):
+        _ragged().document_split({"held_out": 0.2, "val_fraction": 1.5})
+    with pytest.raises(ConfigError, match="held_out \\+ val_fraction = 1.0 leaves no documents for training"):
+        _ragged().document_split({"held_out": 0.5, "val_fraction": 0.5})
+    with pytest.raises(ConfigError, match="'train' is the remainder"):
+        _ragged().document_split({"train": 0.5})
+
+
+def test_massive_rows_flag_a_planted_outlier():
+    from msma_lens.capture.activations import massive_rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g)
+    x = x / x.norm(dim=1, keepdim=True)  # every norm 1, so the median is 1
+    x[17] *= 25.0
+    y = x.clone()
+    y[17] /= 25.0
+    y[40] *= 50.0
+    assert massive_rows(x, 20.0).nonzero().flatten().tolist() == [17]  # factor × median row norm
+    assert not massive_rows(x, 30.0).any() and not massive_rows(x, None).any()
+    assert massive_rows(torch.zeros(0, 8), 20.0).shape == (0,)
+    z = x.clone()
+    z[3, 0] = float("inf")
+    assert massive_rows(z, 20.0)[3]  # a non-finite norm counts as massive
+    acts = ScaleActivations({"x": x, "y": y}, torch.arange(200), torch.zeros(200, dtype=torch.long))
+    assert acts.massive_rows(["x", "y"], 20.0).nonzero().flatten().tolist() == [17, 40]  # any of the scales
+    from msma_lens.align import protocol
+
+    with pytest.deprecated_call(match="use ScaleActivations.massive_rows"):
+        assert torch.equal(protocol.massive_rows(acts, ["x"], 20.0), acts.massive_rows(["x"], 20.0))
+    with pytest.raises(ConfigError, match="AlignConfig.outlier_factor must be None or > 1, got 1"):
+        AlignConfig(outlier_factor=1)
+
+
+def test_principal_direction_drops_exactly_the_massive_rows():
+    from msma_lens.steer.directions import principal_direction
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(100, 6, generator=g) * torch.tensor([3.0, 1, 1, 1, 1, 1])
+    x[5] = torch.tensor([0.0, 0, 0, 0, 0, 400.0])  # would be the top component if kept
+    acts = ScaleActivations({"s": x}, torch.arange(100), torch.zeros(100, dtype=torch.long))
+    keep = ~acts.massive_rows(["s"], 20.0)
+    assert keep.sum() == 99
+    v = principal_direction(acts, "s")
+    assert torch.equal(v, principal_direction(acts.subset(torch.nonzero(keep).squeeze(1)), "s", outlier_factor=None))
+    assert v[0].abs() > 0.9 and principal_direction(acts, "s", outlier_factor=None)[5].abs() > 0.9

@@ -248,6 +248,22 @@ def test_run_experiment_custom_factory_and_bad_inputs(tiny_gpt2, tmp_path):
             run_experiment(tiny_gpt2, PROMPTS, **kw)
 
 
+def test_experiment_metrics_come_from_the_text_registry(tiny_gpt2):
+    import inspect
+
+    from msma_lens.analysis.text import TEXT_METRICS
+    from msma_lens.steer.experiment import DEFAULT_METRICS
+
+    assert len(set(DEFAULT_METRICS)) == len(DEFAULT_METRICS) and set(DEFAULT_METRICS) <= set(TEXT_METRICS)
+    with pytest.raises(ConfigError, match="metrics is empty; valid text metrics: word_count, ttr"):
+        run_experiment(tiny_gpt2, PROMPTS, metrics=[])
+    # the split into validate / grid / summarise kept the public signature
+    assert list(inspect.signature(run_experiment).parameters) == [
+        "model", "prompts", "scales", "use_scales", "interventions", "strengths", "at", "seeds", "metrics", "direction",
+        "direction_seed", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "phase", "positions", "schedule",
+        "use_past_kv_cache", "batch_size", "effect", "test", "n_boot", "alpha", "progress", "baseline_check"]
+
+
 def test_deprecated_kind_scale_runs_as_rescale(tiny_gpt2):
     kw = dict(use_scales=["global"], metrics=["word_count"], max_new_tokens=3, do_sample=False, n_boot=0, progress=False,
               baseline_check=None, at="every")

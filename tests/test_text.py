@@ -218,6 +218,37 @@ def test_text_metrics_bad_inputs():
     assert T.TEXT_METRICS["mtld"].func is T.mtld
 
 
+def test_registry_lists_every_metric_once():
+    reg = T.TEXT_METRICS
+    assert all(m.name == k for k, m in reg.items())
+    funcs = [m.func for m in reg.values()]
+    assert len(set(funcs)) == len(funcs) == len(reg)  # one entry per metric, one metric per public function
+    assert all(m.func.__name__ in T.__all__ and getattr(T, m.func.__name__) is m.func for m in reg.values())
+    assert [n for n, m in reg.items() if m.score is None] == ["perplexity"]  # the only one scored against a model
+    assert all(m.needs_doc == ("spacy" in m.requires) for m in reg.values())
+    assert [n for n, m in reg.items() if m.prepare is not None] == ["coherence"]
+    with pytest.raises(TypeError):
+        reg["ttr"] = reg["mtld"]  # read-only view of the one registry
+
+
+def test_text_metrics_keys_and_values_come_from_the_registry():
+    texts = ["the cat the dog a b c a b c a b c", "", "One two. Three!"]
+    regex_only = [n for n, m in T.TEXT_METRICS.items() if not m.requires]
+    rows = T.text_metrics(texts, metrics=list(reversed(regex_only)))
+    assert all(list(r) == list(reversed(regex_only)) for r in rows)  # keys in the requested order
+    for n in regex_only:
+        assert [r[n] for r in rows] == T.TEXT_METRICS[n].func(texts)  # batch entry point == the public function
+        assert T.TEXT_METRICS[n].func(texts[0]) == rows[0][n]
+    assert T.check_metric_names(None, has_model=False) == [n for n in T.TEXT_METRICS if n != "perplexity"]
+    assert T.check_metric_names(None, has_model=True) == list(T.TEXT_METRICS)
+    assert T.check_metric_names(["ttr", "mtld", "ttr"], has_model=False) == ["ttr", "mtld"]
+    with pytest.raises(ConfigError, match=r"unknown text metric\(s\) \['fluency'\]"):
+        T.check_metric_names(["fluency"], has_model=True)
+    # options of the public functions still reach the registered scorer
+    assert T.distinct_n("a b c a b c", 3) == 0.75 and T.repetition_rate("a b c a b c", n=3) == 0.25
+    assert T.mtld(["a b", "a a a a"], threshold=0.5) == [2.0, 2.0]
+
+
 @needs_spacy
 def test_missing_package_names_pip_command(monkeypatch):
     with pytest.raises(ModelLoadError, match="pip install some-pkg"):

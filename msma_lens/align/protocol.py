@@ -24,7 +24,7 @@ from ..align.maps import CrossScaleMap, MapTrainConfig, fit_map
 from ..align.procrustes import procrustes
 from ..analysis import metrics as M
 from ..analysis.stats import mean_ci, paired_t_test
-from ..capture.activations import ScaleActivations
+from ..capture.activations import DEFAULT_OUTLIER_FACTOR, ScaleActivations, check_outlier_factor
 from ..capture.scales import Scales
 from ..errors import ArtifactError, ConfigError
 from ..io.artifacts import load_artifact, restore_nan, save_artifact, write_csv_atomic, write_json_atomic, write_text_atomic
@@ -51,7 +51,7 @@ class AlignConfig:
     max_train_rows: int | None = 20000
     max_eval_rows: int = 2048
     normalise: bool = True
-    outlier_factor: float | None = 20.0
+    outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR  # massive-activation rows dropped: norm > factor × median
     map_metrics: tuple[str, ...] = MAP_METRICS
     pair_metrics: tuple[str, ...] = PAIR_METRICS
     seed: int = 0
@@ -71,8 +71,7 @@ class AlignConfig:
             raise ConfigError(f"held_out + val_fraction = {self.held_out + self.val_fraction} leaves too little training data")
         if self.max_train_rows is not None and self.max_train_rows < 16:
             raise ConfigError(f"AlignConfig.max_train_rows must be None or >= 16, got {self.max_train_rows}")
-        if self.outlier_factor is not None and not (isinstance(self.outlier_factor, (int, float)) and self.outlier_factor > 1):
-            raise ConfigError(f"AlignConfig.outlier_factor must be None or > 1, got {self.outlier_factor!r}")
+        check_outlier_factor(self.outlier_factor, "AlignConfig.outlier_factor")
         if self.max_eval_rows < 16:
             raise ConfigError(f"AlignConfig.max_eval_rows must be >= 16, got {self.max_eval_rows}")
         for m in (*self.map_metrics, *self.pair_metrics):
@@ -105,31 +104,17 @@ class _Split:
 
 
 def split_documents(acts: ScaleActivations, held_out: float, val_fraction: float, seed: int) -> _Split:
-    """Row indices with whole documents in exactly one of train / validation / test."""
-    docs = torch.unique(acts.doc_ids)
-    if docs.numel() < 3:
-        raise ConfigError(f"alignment needs >= 3 documents (train / validation / held-out), these activations have {docs.numel()}")
-    perm = docs[torch.randperm(docs.numel(), generator=torch.Generator().manual_seed(seed))]
-    n_test = min(max(1, round(held_out * docs.numel())), docs.numel() - 2)
-    n_val = min(max(1, round(val_fraction * docs.numel())), docs.numel() - n_test - 1)
-    test_d, val_d = perm[:n_test], perm[n_test:n_test + n_val]
-    is_test, is_val = torch.isin(acts.doc_ids, test_d), torch.isin(acts.doc_ids, val_d)
-    return _Split(torch.nonzero(~is_test & ~is_val).squeeze(1), torch.nonzero(is_val).squeeze(1), torch.nonzero(is_test).squeeze(1))
+    """Row indices with whole documents in exactly one of train / validation / test
+    (:meth:`ScaleActivations.document_split`: test documents first, then validation, from one seeded permutation)."""
+    parts = acts.document_split({"held_out": held_out, "val_fraction": val_fraction}, seed, what="alignment")
+    return _Split(parts["train"], parts["val_fraction"], parts["held_out"])
 
 
 def massive_rows(acts: ScaleActivations, scales, factor: float | None) -> torch.Tensor:
-    """Rows whose residual norm exceeds ``factor`` × the scale's median norm in any of ``scales``.
-
-    These are massive-activation tokens (attention sinks; methods.md §9): a handful of rows with norms ~100×
-    the median that would dominate every squared-error fit and statistic.
-    """
-    bad = torch.zeros(len(acts), dtype=torch.bool)
-    if factor is None:
-        return bad
-    for s in scales:
-        n = acts[s].norm(dim=1)
-        bad |= n > factor * n.median()
-    return bad
+    """Deprecated: use ``acts.massive_rows(scales, factor)`` (:func:`msma_lens.capture.activations.massive_rows`)."""
+    warnings.warn("msma_lens.align.protocol.massive_rows is deprecated and goes in the next release; use "
+                  "ScaleActivations.massive_rows(scales, factor)", DeprecationWarning, stacklevel=2)
+    return acts.massive_rows(scales, factor)
 
 
 def _cap(idx: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -313,14 +298,18 @@ class _Prepared:
     Y: dict[str, torch.Tensor]
 
 
+def _pair_scales(cfg: AlignConfig) -> set[str]:
+    return {x for p in cfg.pairs for x in p}
+
+
 def _prepare(acts: ScaleActivations, cfg: AlignConfig, seed: int):
     split = split_documents(acts, cfg.held_out, cfg.val_fraction, seed)
-    bad = massive_rows(acts, {x for p in cfg.pairs for x in p}, cfg.outlier_factor)
+    bad = acts.massive_rows(_pair_scales(cfg), cfg.outlier_factor)
     split = _Split(*(i[~bad[i]] for i in (split.train, split.val, split.test)))
     idx = {"train": _cap(split.train, cfg.max_train_rows, seed), "val": _cap(split.val, cfg.max_eval_rows, seed + 1),
            "test": _cap(split.test, cfg.max_eval_rows, seed + 2)}
     norms = {}
-    for s in {x for p in cfg.pairs for x in p}:
+    for s in _pair_scales(cfg):
         norms[s] = _norm_stats(acts[s][split.train]) if cfg.normalise else (torch.zeros(acts.width(s)), 1.0)
     data = {}
     for a, b in cfg.pairs:
@@ -374,7 +363,7 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
             "n_test": int(Xt.shape[0]),
             "n_train": int(d.X["train"].shape[0]),
             # the rows _prepare dropped: flagged in any scale of any configured pair (all splits)
-            "n_massive_excluded": int(massive_rows(acts, {x for p in cfg.pairs for x in p}, cfg.outlier_factor).sum()),
+            "n_massive_excluded": int(acts.massive_rows(_pair_scales(cfg), cfg.outlier_factor).sum()),
             "best_step": out.best_step,
             # held-out neural MI bound of the jointly trained critic at the best step (nats; NaN if λ_info = 0)
             "mi_heldout": next((float(h["val_info"]) for h in out.history if h["step"] == out.best_step), float("nan")),
@@ -439,8 +428,8 @@ class AblationResult:
                 rs = [r for r in self.summary if r["pair"] == p and r["metric"] == m]
                 fig.add_trace(go.Bar(x=[r["variant"] for r in rs], y=[r["mean"] for r in rs], showlegend=False,
                                      error_y={"type": "data", "symmetric": False,
-                                              "array": [_nz(r["ci_high"] - r["mean"]) for r in rs],
-                                              "arrayminus": [_nz(r["mean"] - r["ci_low"]) for r in rs]}), i, j)
+                                              "array": [_clamped_bar_length(r["ci_high"] - r["mean"]) for r in rs],
+                                              "arrayminus": [_clamped_bar_length(r["mean"] - r["ci_low"]) for r in rs]}), i, j)
         fig.update_layout(title="held-out metrics per ablation (mean and 95% CI over seeds)", height=350 * len(pairs))
         figs["ablation_bars"] = fig
         curve = go.Figure()
@@ -456,7 +445,10 @@ class AblationResult:
                                  + "".join(parts) + "</body></html>")
 
 
-def _nz(v: float) -> float:
+def _clamped_bar_length(v: float) -> float:
+    """An error-bar half-length that plotly can draw: ``v`` clamped to ``[0, ∞)``, NaN/±inf → 0.
+
+    (Unlike ``steer.experiment._finite_or_zero``, which keeps the sign: a bootstrap CI may exclude its estimate.)"""
     return 0.0 if not math.isfinite(v) else max(v, 0.0)
 
 

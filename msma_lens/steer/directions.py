@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..capture.activations import ScaleActivations
+from ..capture.activations import DEFAULT_OUTLIER_FACTOR, ScaleActivations, check_outlier_factor, massive_rows
 from ..capture.scales import Scales
 from ..errors import ArtifactError, ConfigError
 
@@ -157,9 +157,10 @@ def _legacy_contrastive(model: Any, positive: Sequence[str], negative: Sequence[
 
 
 def _legacy_principal(model: Any, texts: Sequence[str], scale: str, *, scales: Any = None, per_layer: bool = False,
-                      site: str = "resid_post", batch_size: int = 8, outlier_factor: float | None = 20.0) -> Direction:
+                      site: str = "resid_post", batch_size: int = 8,
+                      outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR) -> Direction:
     _legacy_warn(model, scales, "principal_direction")
-    _check_outlier_factor(outlier_factor)
+    check_outlier_factor(outlier_factor)
     if isinstance(texts, str):
         raise ConfigError("texts must be a list of texts, not a single string")
     acts = _legacy_acts(model, texts, scale, scales, pooling="token", per_layer=per_layer, site=site, batch_size=batch_size)
@@ -210,27 +211,21 @@ def _check_pair(a: ScaleActivations, b: ScaleActivations, names: list[str]) -> N
                 raise ArtifactError(f"scale {n!r} has layers {list(la)} in the positive activations but {list(lb)} in the negative ones")
 
 
-def _check_outlier_factor(outlier_factor: Any) -> None:
-    if outlier_factor is not None and not (_is_num(outlier_factor) and outlier_factor > 1):
-        raise ConfigError(f"outlier_factor must be None or > 1, got {outlier_factor!r}")
-
-
 @_accepts_model(_legacy_principal)
 def principal_direction(acts: ScaleActivations, scale: str, *, per_layer: bool = False,
-                        outlier_factor: float | None = 20.0) -> Direction:
+                        outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR) -> Direction:
     """Unit top principal direction of ``acts[scale]`` (capture with ``pooling="token"`` for token activations).
 
-    Massive-activation rows (norm above ``outlier_factor`` × the median row norm; ``None`` keeps them) are
-    dropped first: a handful of them would otherwise be the top component. The sign is fixed so the mean
-    activation projects positively (or, if it is orthogonal, so the largest coordinate is positive).
+    Massive-activation rows (:func:`~msma_lens.capture.activations.massive_rows`: norm above ``outlier_factor`` ×
+    the median row norm; ``None`` keeps them) are dropped first: a handful of them would otherwise be the top
+    component. The sign is fixed so the mean activation projects positively (or, if it is orthogonal, so the
+    largest coordinate is positive).
     ``per_layer=True``: ``{layer: [d]}`` from activations captured with :func:`layer_scales`.
     """
-    _check_outlier_factor(outlier_factor)
+    check_outlier_factor(outlier_factor)
     out = {}
     for k, X in _matrices(acts, scale, per_layer).items():
-        if outlier_factor is not None and X.shape[0] > 0:
-            n = X.norm(dim=1)
-            X = X[n <= outlier_factor * n.median()]
+        X = X[~massive_rows(X, outlier_factor)]
         if X.shape[0] < 2:
             raise ConfigError(f"principal_direction needs >= 2 content tokens at {_where(scale, k)}, got {X.shape[0]}")
         mu = X.mean(0)

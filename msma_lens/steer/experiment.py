@@ -157,9 +157,9 @@ class ExperimentResult:
         """Write ``results.json``, ``table.csv`` and ``samples.csv`` (each atomically); optionally HTML figures."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "results.json", _json_safe({"format": "msma_lens.ExperimentResult", "format_version": 1,
-                                                            "config": self.config, "table": self.table,
-                                                            "samples": self.samples}))
+        # write_json_atomic: strict JSON (NaN/Inf written as null, restored by load), atomic, umask modes
+        write_json_atomic(out / "results.json", {"format": "msma_lens.ExperimentResult", "format_version": 1,
+                                                 "config": self.config, "table": self.table, "samples": self.samples})
         write_csv_atomic(out / "table.csv", self.table)
         write_csv_atomic(out / "samples.csv", self.samples)
         if figures:
@@ -203,8 +203,8 @@ class ExperimentResult:
                     y = [r[value] for r in rs]
                     err = None
                     if value == "effect":
-                        err = dict(type="data", symmetric=False, array=[_nz(r["effect_ci_hi"] - r["effect"]) for r in rs],
-                                   arrayminus=[_nz(r["effect"] - r["effect_ci_lo"]) for r in rs])
+                        err = dict(type="data", symmetric=False, array=[_finite_or_zero(r["effect_ci_hi"] - r["effect"]) for r in rs],
+                                   arrayminus=[_finite_or_zero(r["effect"] - r["effect_ci_lo"]) for r in rs])
                     fig.add_trace(go.Scatter(x=[r["strength"] for r in rs], y=y, error_y=err, mode="lines+markers", name=s,
                                              legendgroup=s, showlegend=(i == 1 and j == 1),
                                              line=dict(color=palette[c % len(palette)])), row=i, col=j)
@@ -243,22 +243,15 @@ _FLOAT_COLUMNS = frozenset({"baseline_mean", "steered_mean", "pct_change", "effe
                             "p_holm"})
 
 
-def _nz(v: float) -> float:
+def _finite_or_zero(v: Any) -> float:
+    """``v`` if it is a finite number, else 0.0; the sign is kept (a bootstrap CI may exclude its own estimate).
+
+    (Unlike ``align.protocol._clamped_bar_length``, which also clamps negative lengths to 0.)"""
     return v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
 
 
 def _fmt(v: Any) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:.2g}"
-
-
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    return o
 
 
 def _compare(steered: list[float], base: list[float], effect: str, test: str, n_boot: int, boot_seed: int) -> dict:
@@ -376,18 +369,65 @@ def run_experiment(
     ``baseline_check``: before any steered run, :func:`check_baseline` compares the unsteered samples' median
     perplexity with the model's on corpus text and raises DegenerateBaselineError above this ratio (None: skip).
     """
-    from ..analysis.text import TEXT_METRICS, text_metrics
+    st = _validate(model, prompts, scales=scales, use_scales=use_scales, interventions=interventions, strengths=strengths,
+                   at=at, seeds=seeds, metrics=metrics, direction=direction, direction_seed=direction_seed,
+                   max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
+                   phase=phase, positions=positions, schedule=schedule, use_past_kv_cache=use_past_kv_cache,
+                   batch_size=batch_size, effect=effect, test=test, n_boot=n_boot, alpha=alpha)
+    grid = _run_grid(model, st, progress=progress, baseline_check=baseline_check)
+    return _summarise(model, st, grid)
+
+
+# ----- run_experiment's three steps: validate → grid → summarise ------------------------------------------
+@dataclass(frozen=True)
+class _Settings:
+    """run_experiment's arguments, validated: the grid to run and everything its config records."""
+
+    prompts: list[str]
+    scales: Scales
+    scale_names: list[str]
+    metric_names: list[str]
+    seeds: list[int]
+    factories: dict[str, Callable[..., Any]]  # kind -> make(scale, strength, seed, rows) -> interventions
+    strengths: dict[str, list[float]]
+    gen_kw: dict[str, Any]  # generate() keywords shared by every cell
+    batch_size: int
+    effect: str
+    test: str
+    n_boot: int
+    alpha: float
+    direction_seed: int | None  # None when a direction was given
+
+    @property
+    def chunks(self) -> list[list[int]]:
+        """Prompt indices in batches of ``batch_size``."""
+        n = len(self.prompts)
+        return [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
+
+    @property
+    def jobs(self) -> list[tuple[str, str, float, int]]:
+        """The steered cells (scale, kind, strength, seed), in run order."""
+        return [(s, k, v, seed) for s in self.scale_names for k in self.factories for v in self.strengths[k] for seed in self.seeds]
+
+
+def _validate(model: Any, prompts: Sequence[str], *, scales: Any, use_scales: Sequence[str] | None,
+              interventions: Sequence[str] | Mapping[str, Factory], strengths: Mapping[str, Sequence[float]] | None,
+              at: str, seeds: Sequence[int], metrics: Sequence[str] | None, direction: Any, direction_seed: int,
+              max_new_tokens: int, do_sample: bool, temperature: float, top_p: float | None, top_k: int | None, phase: str,
+              positions: Any, schedule: Any, use_past_kv_cache: bool, batch_size: int, effect: str, test: str, n_boot: int,
+              alpha: float) -> _Settings:
+    """Check run_experiment's arguments (ConfigError naming the offending one) and build the intervention factories."""
+    from ..analysis.text import TEXT_METRICS, check_metric_names
 
     tl.check_model(model)
     prompts = check_prompts(prompts)
     sc = Scales.coerce(scales, tl.n_layers(model))
     scale_names = list(use_scales) if use_scales is not None else list(sc.names)
     for s in scale_names:
-        sc[s]
-    metric_names = list(metrics) if metrics is not None else list(DEFAULT_METRICS)
-    unknown = [m for m in metric_names if m not in TEXT_METRICS]
-    if unknown or not metric_names:
-        raise ConfigError(f"unknown text metric(s) {unknown}; valid: {list(TEXT_METRICS)}")
+        sc[s]  # ConfigError naming an unknown scale
+    metric_names = check_metric_names(list(metrics) if metrics is not None else list(DEFAULT_METRICS), has_model=True)
+    if not metric_names:
+        raise ConfigError(f"metrics is empty; valid text metrics: {', '.join(TEXT_METRICS)}")
     if effect not in EFFECTS:
         raise ConfigError(f"effect must be one of {list(EFFECTS)}, got {effect!r}")
     if test not in TESTS:
@@ -421,90 +461,103 @@ def run_experiment(
         if st is None:
             raise ConfigError(f"no strengths for intervention {k!r}: pass strengths={{{k!r}: [...]}}")
         grid_strengths[k] = [float(v) for v in st]
-
     gen_kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, scales=sc, phase=phase, positions=positions,
                   schedule=schedule, use_past_kv_cache=use_past_kv_cache, temperature=temperature, top_p=top_p, top_k=top_k)
-    chunks = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
-    want_model = "perplexity" in metric_names
+    return _Settings(prompts, sc, scale_names, metric_names, seeds, factories, grid_strengths, gen_kw, batch_size, effect,
+                     test, n_boot, alpha, direction_seed if direction is None else None)
 
-    def run(make: Callable[[int, int], Any] | None, seed: int) -> list[tuple[int, str, dict]]:
+
+@dataclass
+class _Grid:
+    """What the grid produced: one sample row per text, metric values by cell, the ``at`` each kind used."""
+
+    samples: list[dict]
+    base: dict[tuple[int, int], dict]  # (seed, prompt) -> metric values
+    steered: dict[tuple[str, str, float], dict[tuple[int, int], dict]]  # (scale, kind, strength) -> (seed, prompt) -> values
+    modes: dict[str, set[str]]  # the ``at`` of what each kind's factory built
+    baseline_check: dict | None
+
+    def mode(self, kind: str) -> str | None:
+        return "/".join(sorted(self.modes[kind])) if self.modes.get(kind) else None
+
+
+def _run_grid(model: Any, st: _Settings, *, progress: bool, baseline_check: float | None) -> _Grid:
+    """Generate and score the baseline (per seed), check it, then every steered cell; a tqdm bar over the cells."""
+    from ..analysis.text import text_metrics
+
+    want_model = "perplexity" in st.metric_names
+    chunks, jobs = st.chunks, st.jobs
+    grid = _Grid([], {}, {}, {}, None)
+
+    def run(make: Callable[[int, list[int]], Any] | None, seed: int) -> list[tuple[int, str, dict]]:
         out = []
         for c, idx in enumerate(chunks):
             ivs = make(seed, idx) if make is not None else []
-            res = generate(model, [prompts[i] for i in idx], ivs, seed=mix_seed(seed, c) % (2**31), **gen_kw)
-            vals = text_metrics(res.texts, prompts=[prompts[i] for i in idx], model=model if want_model else None,
-                                metrics=metric_names)
-            out.extend(zip(idx, res.texts, vals))
+            texts = generate(model, [st.prompts[i] for i in idx], ivs, seed=mix_seed(seed, c) % (2**31), **st.gen_kw).texts
+            vals = text_metrics(texts, prompts=[st.prompts[i] for i in idx], model=model if want_model else None,
+                                metrics=st.metric_names)
+            out.extend(zip(idx, texts, vals))
         return out
 
-    jobs = [(s, k, st, seed) for s in scale_names for k in factories for st in grid_strengths[k] for seed in seeds]
-    total = len(seeds) + len(jobs)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="steering", unit="cell", leave=False)
-    samples: list[dict] = []
-    base: dict[tuple[int, int], dict] = {}
-    for seed in seeds:
-        for i, text, vals in run(None, seed):
-            base[(seed, i)] = vals
-            samples.append({"seed": seed, "prompt_index": i, "scale": None, "intervention": "baseline", "at": None,
-                            "strength": None, "text": text, **vals})
-        if bar is not None:
-            bar.update()
-    sanity = None
-    if baseline_check is not None:
-        base_rows = [r for r in samples if r["intervention"] == "baseline"]
-        ppl = [r["perplexity"] for r in base_rows] if want_model else None
-        try:
-            sanity = check_baseline(model, [prompts[r["prompt_index"]] for r in base_rows], [r["text"] for r in base_rows],
-                                    max_ratio=baseline_check, perplexities=ppl)
-        except BaseException:
+        bar = tqdm(total=len(st.seeds) + len(jobs), desc="steering", unit="cell", leave=False)
+    try:
+        for seed in st.seeds:
+            for i, text, vals in run(None, seed):
+                grid.base[(seed, i)] = vals
+                grid.samples.append({"seed": seed, "prompt_index": i, "scale": None, "intervention": "baseline", "at": None,
+                                     "strength": None, "text": text, **vals})
             if bar is not None:
-                bar.close()
-            raise
-    steered: dict[tuple, dict[tuple[int, int], dict]] = {}
-    modes: dict[str, set[str]] = {}  # the ``at`` of what each kind's factory built
+                bar.update()
+        if baseline_check is not None:
+            base_rows = [r for r in grid.samples if r["intervention"] == "baseline"]
+            grid.baseline_check = check_baseline(
+                model, [st.prompts[r["prompt_index"]] for r in base_rows], [r["text"] for r in base_rows],
+                max_ratio=baseline_check, perplexities=[r["perplexity"] for r in base_rows] if want_model else None)
+        for s, k, strength, seed in jobs:
+            fac = st.factories[k]
 
-    def mode(k: str) -> str | None:
-        return "/".join(sorted(modes[k])) if modes.get(k) else None
+            def make(sd: int, idx: list[int], fac=fac, s=s, strength=strength, k=k) -> Any:
+                ivs = fac(s, strength, sd, idx)
+                grid.modes.setdefault(k, set()).update(_modes(ivs))
+                return ivs
 
-    for s, k, st, seed in jobs:
-        fac = factories[k]
-
-        def make(sd: int, idx: list[int], fac=fac, s=s, st=st, k=k) -> Any:
-            ivs = fac(s, st, sd, idx)
-            modes.setdefault(k, set()).update(_modes(ivs))
-            return ivs
-
-        for i, text, vals in run(make, seed):
-            steered.setdefault((s, k, st), {})[(seed, i)] = vals
-            samples.append({"seed": seed, "prompt_index": i, "scale": s, "intervention": k, "at": mode(k), "strength": st,
-                            "text": text, **vals})
+            for i, text, vals in run(make, seed):
+                grid.steered.setdefault((s, k, strength), {})[(seed, i)] = vals
+                grid.samples.append({"seed": seed, "prompt_index": i, "scale": s, "intervention": k, "at": grid.mode(k),
+                                     "strength": strength, "text": text, **vals})
+            if bar is not None:
+                bar.update()
+    finally:
         if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+            bar.close()
+    return grid
 
+
+def _summarise(model: Any, st: _Settings, grid: _Grid) -> ExperimentResult:
+    """Compare every steered cell with the baseline per metric, Holm-correct over the whole table, record the config."""
     table = []
-    keys = sorted(base)
-    for (s, k, st), vals in steered.items():
-        for m in metric_names:
+    keys = sorted(grid.base)
+    for (s, k, strength), vals in grid.steered.items():
+        for m in st.metric_names:
             a = [vals[key][m] for key in keys]
-            b = [base[key][m] for key in keys]
-            row = {"scale": s, "intervention": k, "at": mode(k), "strength": st, "metric": m}
-            row.update(_compare(a, b, effect, test, n_boot, boot_seed=mix_seed(len(table)) % (2**31)))
+            b = [grid.base[key][m] for key in keys]
+            row = {"scale": s, "intervention": k, "at": grid.mode(k), "strength": strength, "metric": m}
+            row.update(_compare(a, b, st.effect, st.test, st.n_boot, boot_seed=mix_seed(len(table)) % (2**31)))
             table.append(row)
     adj = stats.holm([r["p_value"] for r in table])
     for r, p in zip(table, adj):
         r["p_holm"] = float(p)
-        r["significant"] = bool(math.isfinite(p) and p < alpha)
-    config = {"baseline_check": sanity, "prompts": prompts, "scales": sc.to_dict(), "scales_used": scale_names, "interventions": list(factories),
-              "at": {k: mode(k) for k in factories}, "strengths": grid_strengths, "seeds": seeds, "metrics": metric_names, "effect": effect, "test": test,
-              "n_boot": n_boot, "alpha": alpha, "max_new_tokens": max_new_tokens, "do_sample": do_sample,
-              "temperature": temperature, "top_p": top_p, "top_k": top_k, "phase": phase, "batch_size": batch_size,
-              "use_past_kv_cache": use_past_kv_cache, "direction_seed": direction_seed if direction is None else None,
+        r["significant"] = bool(math.isfinite(p) and p < st.alpha)
+    g = st.gen_kw
+    config = {"baseline_check": grid.baseline_check, "prompts": st.prompts, "scales": st.scales.to_dict(),
+              "scales_used": st.scale_names, "interventions": list(st.factories), "at": {k: grid.mode(k) for k in st.factories},
+              "strengths": st.strengths, "seeds": st.seeds, "metrics": st.metric_names, "effect": st.effect, "test": st.test,
+              "n_boot": st.n_boot, "alpha": st.alpha, "max_new_tokens": g["max_new_tokens"], "do_sample": g["do_sample"],
+              "temperature": g["temperature"], "top_p": g["top_p"], "top_k": g["top_k"], "phase": g["phase"],
+              "batch_size": st.batch_size, "use_past_kv_cache": g["use_past_kv_cache"], "direction_seed": st.direction_seed,
               "provenance": tl.provenance(model)}
-    return ExperimentResult(table, samples, config)
-
+    return ExperimentResult(table, samples=grid.samples, config=config)
