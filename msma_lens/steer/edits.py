@@ -61,6 +61,7 @@ import torch
 from .. import tl
 from ..capture.scales import Scales
 from ..errors import ConfigError
+from .directions import as_direction
 from .schedule import Schedule, check_phase, check_positions, describe_positions, is_number
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the msma_lens package
@@ -98,22 +99,7 @@ def _param(value: Any, name: str, *, lo: float | None = None, lo_open: bool = Fa
     return value
 
 
-def _vector(v: Any, name: str) -> torch.Tensor:
-    if not isinstance(v, torch.Tensor):
-        try:
-            v = torch.as_tensor(v, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise ConfigError(f"{name} must be a tensor [d] or [B, d], got {type(v).__name__}") from e
-    v = v.detach().to(torch.float32).cpu()
-    if v.ndim not in (1, 2) or v.shape[-1] == 0 or (v.ndim == 2 and v.shape[0] == 0):
-        raise ConfigError(f"{name} must be a tensor [d] or [B, d], got shape {tuple(v.shape)}")
-    if not torch.isfinite(v).all():
-        raise ConfigError(f"{name} contains NaN or Inf")
-    norms = v.norm(dim=-1)
-    if (norms == 0).any():
-        which = "" if v.ndim == 1 else f" (row(s) {torch.nonzero(norms == 0).flatten().tolist()})"
-        raise ConfigError(f"{name} has zero norm{which}: a zero direction is no direction (use strength=0 for a no-op)")
-    return v
+_vector = as_direction  # one validation for every direction argument (msma_lens.steer.directions)
 
 
 def _direction(v: Any, name: str) -> torch.Tensor | dict[int, torch.Tensor]:
