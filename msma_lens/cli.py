@@ -322,6 +322,7 @@ def _fit_and_report(lens, acts, cfg, args: argparse.Namespace, out: Path) -> Non
     result.save(out / "alignment")
     write_text_atomic(out / "alignment.txt", result.table() + "\n")
     print(result.table())
+    print("selected maps (validation residual): " + ", ".join(f"{k}: {v}" for k, v in result.selected.items()))
     if args.seeds:
         ab = lens.ablate(acts, cfg, seeds=args.seeds, progress=args.progress)
         ab.save(out / "ablation")

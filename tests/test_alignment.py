@@ -295,3 +295,47 @@ def test_principal_direction_drops_exactly_the_massive_rows():
     v = principal_direction(acts, "s")
     assert torch.equal(v, principal_direction(acts.subset(torch.nonzero(keep).squeeze(1)), "s", outlier_factor=None))
     assert v[0].abs() > 0.9 and principal_direction(acts, "s", outlier_factor=None)[5].abs() > 0.9
+
+
+def _two_scales(nonlinear: float, n_docs=40, T=20, seed=3, d=8):
+    g = torch.Generator().manual_seed(seed)
+    n = n_docs * T
+    X = torch.randn(n, d, generator=g) * torch.linspace(0.5, 2.0, d)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+    Y = X @ Q + nonlinear * torch.tanh(2.0 * X) + 0.1 * torch.randn(n, d, generator=g)
+    meta = {"model_id": "synthetic", "pooling": "token", "scales": Scales.from_ranges({"a": (0, 1), "b": (2, 3)}).to_dict()}
+    return ScaleActivations({"a": X, "b": Y}, torch.arange(n_docs).repeat_interleave(T), torch.arange(1, T + 1).repeat(n_docs),
+                            meta)
+
+
+def _sel_cfg(**train):
+    train = {"steps": 150, "eval_every": 25, "batch_size": 128, "residual_hidden": 32, "lr": 3e-3, "critic_hidden": 16,
+             "critic_embed": 8, "eval_batch_size": 128, **train}
+    return AlignConfig(pairs=(("a", "b"),), train=MapTrainConfig(**train), max_eval_rows=256,
+                       pair_metrics=("cka_debiased",))
+
+
+@pytest.mark.parametrize("lambda_info", [0.1, 10.0])
+def test_closed_form_is_kept_when_training_cannot_beat_it(lambda_info):
+    r = fit_alignment(_two_scales(nonlinear=0.0), _sel_cfg(lambda_info=lambda_info), progress=False)
+    m = r.metrics["a->b"]
+    vr = m["val_residual"]
+    assert r.selected["a->b"] == m["selected"] == ("trained" if vr["trained"] < vr["closed_form"] else "closed_form")
+    # a rotation plus noise: the closed form is optimal, so the kept map is it or matches it on held-out documents
+    assert m["after"]["residual"] <= m["closed_form"]["residual"] * 1.02
+    if lambda_info == 10.0:  # the MI term pulls the map off the geometry; selection keeps (or matches) the closed form
+        assert max(h["val_geo"] for h in r.history["a->b"]) > 1.5 * vr["closed_form"]
+        assert m["after"]["residual"] == pytest.approx(m["closed_form"]["residual"], rel=1e-4)
+    if m["selected"] == "closed_form":
+        assert r.maps["a->b"].residual is None  # the affine closed-form map itself
+    assert "selected map: " + m["selected"] in r.table()
+
+
+def test_trained_map_wins_when_the_residual_mlp_helps(tmp_path):
+    r = fit_alignment(_two_scales(nonlinear=1.0), _sel_cfg(lambda_info=0.0), progress=False)
+    m = r.metrics["a->b"]
+    assert r.selected == {"a->b": "trained"}
+    assert m["val_residual"]["trained"] < m["val_residual"]["closed_form"]
+    assert m["after"]["residual"] < 0.9 * m["closed_form"]["residual"]  # held-out documents agree with validation
+    loaded = AlignmentResult.load(r.save(tmp_path / "sel"))
+    assert loaded.selected == r.selected and "selected map: trained" in loaded.table()

@@ -269,7 +269,7 @@ def _nested_equal(a, b) -> bool:
 def _trainer_data():
     X, Y, Xv, Yv = _planted(300, 10, 1, 10, nonlinear=0.3)
     cfg = MapTrainConfig(residual_hidden=8, steps=40, batch_size=64, eval_every=5, patience=3, critic_hidden=16, critic_embed=8,
-                         eval_batch_size=64, stabilize=7, seed=2, lr=3e-2)  # early-stops at step 20, best at step 5
+                         eval_batch_size=64, stabilize=7, seed=2, lr=3e-2)  # early-stops at step 15, best (by val_geo) at step 0
     return X, Y, Xv, Yv, cfg
 
 
@@ -278,7 +278,8 @@ def test_trainer_step_evaluate_record():
     tr = MapTrainer(X, Y, Xv, Yv, cfg)
     assert tr.steps_done == 0 and tr.history == [] and tr.closed_form is not None
     before = tr.evaluate()
-    assert before == tr.evaluate() and set(before) == {"val_objective", "val_geo", "val_info", "val_curv"}  # no state change
+    assert before == tr.evaluate() and set(before) == {"val_objective", "val_geo", "val_info", "val_curv", "val_geo_term",
+                                                      "val_info_term", "val_curv_term"}  # no state change
     row0 = tr.record()
     assert tr.history == [row0] and row0["step"] == 0 and math.isnan(row0["train_loss"]) and tr.stopper.best_step == 0
     losses = [tr.step() for _ in range(3)]
@@ -299,7 +300,7 @@ def test_trainer_is_fit_map_and_resumes_from_a_state_dict_mid_training(tmp_path)
     full = MapTrainer(X, Y, Xv, Yv, cfg).fit(progress=False)
     ref = fit_map(X, Y, Xv, Yv, cfg, progress=False)
     assert _state_equal(full.map, ref.map) and _history_equal(full.history, ref.history) and full.best_step == ref.best_step
-    assert full.completed and full.steps_run < cfg.steps and full.best_step < 13  # resumed below with one bad evaluation
+    assert full.completed and full.steps_run < cfg.steps and full.best_step < 13  # resumed below with two bad evaluations
     part = MapTrainer(X, Y, Xv, Yv, cfg)
     part.record()
     for _ in range(13):  # stop between evaluations: the train-loss accumulator and the RNG are mid-interval
@@ -312,7 +313,7 @@ def test_trainer_is_fit_map_and_resumes_from_a_state_dict_mid_training(tmp_path)
     resumed = MapTrainer(X, Y, Xv, Yv, cfg)
     resumed.load_state_dict(state)
     assert _nested_equal(resumed.state_dict(), state) and resumed.steps_done == 13 and resumed.closed_form is None
-    assert resumed.stopper.state_dict() == part_stopper and resumed.stopper.bad == 1
+    assert resumed.stopper.state_dict() == part_stopper and resumed.stopper.bad == 2
     out = resumed.fit(progress=False)
     assert out.completed and out.steps_run == full.steps_run
     assert _state_equal(full.map, out.map) and _state_equal(full.critic, out.critic)
@@ -331,7 +332,69 @@ def test_trainer_state_dict_mismatches_are_artifact_errors():
         MapTrainer(X, Y, Xv, Yv, MapTrainConfig(**{**vars(cfg), "seed": 3})).load_state_dict(state)
     with pytest.raises(ArtifactError, match="state dict holds a map .*'residual_hidden': 8"):
         MapTrainer(X, Y, Xv, Yv, cfg, map=CrossScaleMap(10, 10)).load_state_dict(state)
-    with pytest.raises(ArtifactError, match="mine.pt has checkpoint format_version 2; .* reads version 1 only"):
-        MapTrainer(X, Y, Xv, Yv, cfg).load_state_dict({**state, "format_version": 2}, source="mine.pt")
+    with pytest.raises(ArtifactError, match="mine.pt has checkpoint format_version 3; .* reads version 2 only"):
+        MapTrainer(X, Y, Xv, Yv, cfg).load_state_dict({**state, "format_version": 3}, source="mine.pt")
     with pytest.raises(ArtifactError, match="state dict is not a fit_map checkpoint"):
         MapTrainer(X, Y, Xv, Yv, cfg).load_state_dict({"map": state["map"]})
+
+
+def test_best_step_is_chosen_by_validation_residual_not_by_the_critics_mi():
+    X, Y, Xv, Yv = _planted(512, 8, 1, 5, noise=0.3)
+    cfg = MapTrainConfig(residual_hidden=16, lambda_geo=0.1, lambda_info=10.0, steps=60, batch_size=128, eval_every=10,
+                         lr=3e-3, patience=None, critic_hidden=16, critic_embed=8, eval_batch_size=256, estimator="infonce")
+    out = fit_map(X, Y, Xv, Yv, cfg, progress=False)
+    h = out.history
+    by_geo = min(h, key=lambda r: r["val_geo"])["step"]
+    by_mi = max(h, key=lambda r: r["val_info"])["step"]
+    by_objective = min(h, key=lambda r: r["val_objective"])["step"]
+    assert by_mi != by_geo and by_objective != by_geo  # the planted case separates the rules
+    assert out.best_step == by_geo and out.best_geo == min(r["val_geo"] for r in h)
+    best = next(r for r in h if r["step"] == out.best_step)
+    assert out.best_objective == best["val_objective"]
+    assert best["val_info_term"] == pytest.approx(10.0 * best["val_info"])  # the MI term is reported beside it
+    assert best["val_geo_term"] == pytest.approx(0.1 * best["val_geo"])
+
+
+def _batches_and_state(lambda_curv: float, steps: int = 12):
+    X, Y, Xv, Yv = _planted(512, 8, 1, 6, nonlinear=0.5)
+    cfg = MapTrainConfig(residual_hidden=16, lambda_curv=lambda_curv, steps=steps, batch_size=64, eval_every=4, lr=3e-3,
+                         critic_hidden=16, critic_embed=8, eval_batch_size=128)
+    tr = MapTrainer(X, Y, Xv, Yv, cfg)
+    batches = []
+    for _ in range(steps):
+        tr.step()
+        batches.append(tr.last_batch.clone())
+    return batches, tr
+
+
+def test_curvature_has_its_own_random_stream_so_ablations_see_identical_batches():
+    b0, t0 = _batches_and_state(0.0)
+    b1, t1 = _batches_and_state(1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(b0, b1, strict=True))
+    sa, sb = t0.map.state_dict(), t1.map.state_dict()
+    assert max(float((sa[k] - sb[k]).abs().max()) for k in sa) < 1e-6
+    assert t1.evaluate()["val_curv_term"] > 0 and t0.evaluate()["val_curv_term"] == 0.0
+
+
+def test_curvature_term_magnitude_is_logged_and_relative_scale_is_documented_option():
+    X, Y, Xv, Yv = _planted(512, 8, 1, 7, nonlinear=0.5)
+    kw = dict(residual_hidden=16, steps=20, batch_size=128, eval_every=10, lr=3e-3, critic_hidden=16, critic_embed=8,
+              eval_batch_size=256)
+    absolute = fit_map(X, Y, Xv, Yv, MapTrainConfig(**kw), progress=False)
+    relative = MapTrainer(X, Y, Xv, Yv, MapTrainConfig(curv_scale="relative", **kw))
+    last = absolute.history[-1]
+    assert {"val_geo_term", "val_info_term", "val_curv_term"} <= set(last)
+    assert 0 < last["val_curv_term"] < 1e-2 * last["val_geo_term"]  # the published penalty is tiny next to geometry
+    assert relative.curv_ref > 0 and relative.evaluate()["val_curv"] == 0.0  # g ≡ 0 at init
+    with pytest.raises(ConfigError, match="curv_scale"):
+        MapTrainConfig(curv_scale="bogus")
+
+
+def test_version_1_checkpoint_is_refused_with_a_clear_error():
+    X, Y, Xv, Yv = _planted(128, 4, 1, 8)
+    tr = MapTrainer(X, Y, Xv, Yv, _geo_only(steps=4, batch_size=32, eval_every=2))
+    state = tr.state_dict()
+    assert state["format_version"] == 2
+    state["format_version"] = 1
+    with pytest.raises(ArtifactError, match="version 1.*validation residual"):
+        MapTrainer(X, Y, Xv, Yv, _geo_only(steps=4, batch_size=32, eval_every=2)).load_state_dict(state)

@@ -57,7 +57,28 @@ def test_kl_diag_two_samples_match_floor_and_2d_over_n():
     floor = M.kl_floor(randn(n, d, 99), n_splits=8, seed=1)
     assert two == pytest.approx(2 * d / n, rel=0.15)
     assert floor == pytest.approx(2 * d / n, rel=0.2)
-    assert M.kl_floor(randn(n, d, 99), n_splits=8, seed=1, rescale=False) == pytest.approx(2 * floor)
+    half = M.kl_floor(randn(n, d, 99), n_splits=8, seed=1, method="split_half")
+    assert M.kl_floor(randn(n, d, 99), n_splits=8, seed=1, rescale=False, method="split_half") == pytest.approx(2 * half)
+
+
+def _spectrum_sample(n: int, d: int, decay: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Gaussian sample [n, d] with eigenvalues k^-decay in a random basis, and its covariance square root."""
+    L = rotation(d, seed) * torch.arange(1, d + 1, dtype=F64).pow(-decay / 2)[None, :]
+    return randn(n, d, seed + 1) @ L.T, L
+
+
+@pytest.mark.parametrize("kind", ["full", "diag"])
+@pytest.mark.parametrize(("n", "d", "decay"), [(256, 64, 0.0), (512, 128, 0.0), (256, 128, 0.7)])
+def test_kl_floor_matches_fresh_pairs_at_matched_n(kind, n, d, decay):
+    # the floor is the KL between two independent size-n samples; the split-half rule (halve the n/2 value)
+    # overstates the shrunk full KL by 20-50% at d/n = 0.25-0.5
+    X, L = _spectrum_sample(n, d, decay, 10)
+    fn = M.kl_full if kind == "full" else M.kl_diag
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.SampleSizeWarning)
+        fresh = np.mean([fn(randn(n, d, 100 + 2 * s) @ L.T, randn(n, d, 101 + 2 * s) @ L.T) for s in range(32)])
+    floor = M.kl_floor(X, kind=kind, n_splits=32, seed=3)
+    assert floor == pytest.approx(fresh, rel=0.05)
 
 
 def test_kl_diag_pure_mean_shift_is_analytic():
@@ -411,7 +432,7 @@ def test_bad_inputs():
     Yi[[5, 9], 0] = float("inf")
     with pytest.raises(NumericsError, match=r"Y contains NaN or Inf in row 5 \(2 row\(s\) affected\)"):
         M.kl_diag(X, Yi)
-    with pytest.raises(ConfigError, match=r"dcor_u needs at least 4 samples, got n=3"):
+    with pytest.raises(ConfigError, match=r"dcor2_u needs at least 4 samples, got n=3"):
         M.dcor_u(X[:3], X[:3])
     with pytest.raises(ConfigError, match=r"mutual_knn needs at least 11 samples, got n=8"):
         M.mutual_knn(X[:8], X[:8])
@@ -440,3 +461,18 @@ def test_mi_neural_is_held_out_and_validates_its_split():
         M.mi_neural(X, Y, val_fraction=1.0)
     with pytest.raises(ConfigError, match="unknown MI estimator 'kde'; valid estimators"):
         M.mi_neural(X, Y, estimator="kde")
+
+
+def test_dcor_names_say_which_is_squared():
+    X = randn(64, 5, 30)
+    Y = X @ randn(5, 3, 31) + 0.5 * randn(64, 3, 32)
+    u2, v = M.dcor2_u(X, Y), M.dcor_v(X, Y)
+    assert M.compute("dcor2_u", X, Y) == u2 and M.METRIC_LABELS["dcor2_u"] == "dCor² (U)"
+    assert M.metric_label("dcor_v") == "dCor (V)" and M.metric_label("cka_linear") == "cka_linear"
+    assert "dcor2_u" in M.metric_set() and "dcor_u" not in M.metric_names()
+    # old key kept for one release: same function, same label, same evaluate treatment
+    assert M.dcor_u is M.dcor2_u and M.compute("dcor_u", X, Y) == u2 and M.metric_label("dcor_u") == "dCor² (U)"
+    assert M.METRIC_ALIASES == {"dcor_u": "dcor2_u"}
+    assert M.evaluate("dcor_u", X, Y).value == M.evaluate("dcor2_u", X, Y).value
+    # the U statistic is squared, the V one is not: on strongly dependent data dCor² (U) < dCor (V)
+    assert 0 < u2 < v < 1

@@ -54,3 +54,87 @@ def test_holm_known_values():
     np.testing.assert_allclose(out[:3], [0.03, 0.06, 0.06])
     assert np.isnan(out[3])
     assert (stats.holm([0.5, 0.9]) <= 1.0).all()
+
+
+# ----- paired effect size d_z and its BCa CI (the steering design) -------------------------------------------
+# Hand example: differences d = b - a = [1, 2, 0, 1, 2, 0, 1, 2] over a baseline with spread.
+HAND_BASE = [2.0, 4.0, 1.0, 3.0, 5.0, 0.0, 2.0, 3.0]
+HAND_DIFF = [1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0]
+
+
+def test_cohens_dz_hand_example_and_scipy():
+    from scipy import stats as st
+
+    b = np.array(HAND_BASE)
+    a = b + np.array(HAND_DIFF)
+    # mean(d) = 9/8 = 1.125; SD(d, ddof=1) = sqrt(sum((d - 1.125)^2) / 7) = sqrt(4.875 / 7)
+    dz = 1.125 / np.sqrt(4.875 / 7)
+    assert stats.cohens_dz(a, b) == pytest.approx(dz) == pytest.approx(1.3481, abs=1e-4)
+    # d_z = t_paired / sqrt(n)
+    assert stats.cohens_dz(a, b) == pytest.approx(st.ttest_rel(a, b).statistic / np.sqrt(8))
+    assert stats.hedges_gz(a, b) == pytest.approx(dz * (1 - 3 / (4 * 7 - 1)))
+    # the pooled-SD g of independent groups understates the paired effect here (the issue's 0.69 vs 1.03)
+    assert stats.hedges_g(a, b) < 0.7 < stats.cohens_dz(a, b)
+    assert stats.cohens_dz(b, b) == 0.0 and stats.cohens_dz(b + 1, b) == np.inf
+    with pytest.raises(ConfigError, match="paired samples differ in length: 8 vs 7"):
+        stats.cohens_dz(a, b[:7])
+
+
+def test_issue_numbers_pooled_g_069_vs_paired_dz_103():
+    """Pairs built to the issue's numbers: pooled Hedges' g ≈ 0.69 while paired d_z ≈ 1.03."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=16)
+    d = (z - z.mean()) / z.std(ddof=1) + 1.03  # differences with d_z = 1.03 exactly
+    e = rng.normal(size=16)
+    e -= e.mean() + np.polyfit(d, e, 1)[0] * (d - d.mean())  # baseline uncorrelated with d
+    b = e / e.std(ddof=1) * 1.3
+    a = b + d
+    assert stats.cohens_dz(a, b) == pytest.approx(1.03)
+    assert stats.hedges_g(a, b) == pytest.approx(0.69, abs=0.02)
+
+
+def test_paired_bca_ci_is_seeded_contains_estimate_and_matches_scipy():
+    from scipy import stats as st
+
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=20)
+    a = b + rng.normal(0.6, 1.0, 20)
+    lo, hi = stats.paired_bca_ci(stats.cohens_dz, a, b, n_boot=2000, seed=5)
+    assert lo < stats.cohens_dz(a, b) < hi
+    assert (lo, hi) == stats.paired_bca_ci(stats.cohens_dz, a, b, n_boot=2000, seed=5)
+    # same as scipy's BCa with pairs resampled (non-vectorised path, a generic paired statistic)
+    ref = st.bootstrap((a, b), lambda x, y: stats.cohens_dz(x, y), paired=True, vectorized=False, method="BCa",
+                       n_resamples=2000, rng=np.random.default_rng(5)).confidence_interval
+    glo, ghi = stats.paired_bca_ci(lambda x, y: stats.cohens_dz(x, y), a, b, n_boot=2000, seed=5)
+    assert (glo, ghi) == pytest.approx((ref.low, ref.high))
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), abs=0.05)  # fast path: resampling differences
+
+
+@pytest.mark.parametrize(("a", "b", "n"), [(np.arange(7.0) + 1, np.arange(7.0), 7),          # n < 8
+                                           ([1.0] + [0.0] * 9, [0.0] * 10, 10),               # one non-zero difference
+                                           ([2.0] * 10, [1.0] * 10, 10)])                     # all differences equal
+def test_paired_bca_ci_warns_and_returns_nan_when_meaningless(a, b, n):
+    with pytest.warns(UserWarning, match=f"n={n} pairs"):
+        lo, hi = stats.paired_bca_ci(stats.cohens_dz, a, b, n_boot=100)
+    assert np.isnan(lo) and np.isnan(hi)
+
+
+@pytest.mark.parametrize("true_dz", [0.0, 0.5])
+def test_paired_bca_ci_coverage_at_n16(true_dz):
+    """1000 datasets of 16 normal differences with known d_z: the nominal 95% BCa CI covers >= 0.93
+    (measured 0.947 at d_z = 0, 0.938-0.942 at 0.5; it drops to ~0.91 at d_z = 1, see the next test)."""
+    rng = np.random.default_rng(7)
+    hits = 0
+    for k in range(1000):
+        d = rng.normal(true_dz, 1.0, 16)
+        lo, hi = stats.paired_bca_ci(stats.cohens_dz, d, np.zeros(16), n_boot=1000, seed=k)
+        hits += lo <= true_dz <= hi
+    assert hits / 1000 >= 0.93
+
+
+def test_paired_bca_ci_coverage_known_shortfall_at_large_dz():
+    """Recorded limitation: at d_z = 1, n = 16 BCa undercovers (measured 0.91 over 2000 datasets)."""
+    rng = np.random.default_rng(11)
+    hits = sum(lo <= 1.0 <= hi for lo, hi in (stats.paired_bca_ci(stats.cohens_dz, rng.normal(1.0, 1.0, 16), np.zeros(16),
+                                                                    n_boot=1000, seed=k) for k in range(1000)))
+    assert 0.89 <= hits / 1000 < 0.95

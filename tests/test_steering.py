@@ -181,9 +181,13 @@ def test_generation_warnings_and_errors(tiny_gpt2, monkeypatch):
 # ----- runner ------------------------------------------------------------------------------------------------
 def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
     metrics = ["word_count", "compression_ratio"]
-    res = run_experiment(tiny_gpt2, PROMPTS, interventions=["translate", "rescale", "noise", "attention"],
-                         strengths={"translate": [2.0], "rescale": [0.5, 2.0], "noise": [1.0], "attention": [0.3]},
-                         use_scales=["local", "global"], seeds=[0, 1], metrics=metrics, max_new_tokens=10, n_boot=50)
+    with pytest.warns(UserWarning, match="n=6 pairs"):  # 6 pairs: too few for a paired CI -> NaN bounds
+        res = run_experiment(tiny_gpt2, PROMPTS, interventions=["translate", "rescale", "noise", "attention"],
+                             strengths={"translate": [2.0], "rescale": [0.5, 2.0], "noise": [1.0], "attention": [0.3]},
+                             use_scales=["local", "global"], seeds=[0, 1], metrics=metrics, max_new_tokens=10, n_boot=50)
+    assert res.config["effect"] == "d_z" and res.config["ci_method"] == "BCa bootstrap over pairs"
+    assert all(r["effect_name"] == "d_z" for r in res.table)
+    assert "effect: d_z = Cohen's d_z (paired" in res.format() and "%change     d_z           95% CI" in res.format()
     assert len(res.table) == 2 * 5 * len(metrics)
     assert {(r["scale"], r["intervention"], r["strength"]) for r in res.table} >= {("local", "rescale", 0.5), ("global", "attention", 0.3)}
     assert res.config["at"] == {"translate": "held", "rescale": "held", "noise": "held", "attention": "every"}
@@ -193,7 +197,7 @@ def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
     for r in res.table:
         assert r["n"] == 2 * len(PROMPTS)
         assert math.isfinite(r["effect"]) and math.isfinite(r["pct_change"]), r
-        assert r["effect_ci_lo"] <= r["effect_ci_hi"], r
+        assert math.isnan(r["effect_ci_lo"]) and math.isnan(r["effect_ci_hi"]), r
         assert r["p_holm"] >= r["p_value"] or not math.isfinite(r["p_value"])
     moved = [r for r in res.table if r["metric"] == "compression_ratio" and r["effect"] != 0]
     assert moved  # some intervention changed some text
@@ -213,7 +217,7 @@ def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
     base_s = sorted((x for x in res.samples if x["intervention"] == "baseline"), key=key)
     assert [key(x) for x in steer_s] == [key(x) for x in base_s]
     a, b = [x[r["metric"]] for x in steer_s], [x[r["metric"]] for x in base_s]
-    assert r["effect"] == pytest.approx(stats.hedges_g(a, b)) and r["pct_change"] == pytest.approx(stats.percent_change(a, b))
+    assert r["effect"] == pytest.approx(stats.cohens_dz(a, b)) and r["pct_change"] == pytest.approx(stats.percent_change(a, b))
     assert r["p_value"] == pytest.approx(stats.paired_t_test(a, b))
     out = res.save(tmp_path / "exp", figures=True)
     loaded = ExperimentResult.load(out)
@@ -241,6 +245,7 @@ def test_run_experiment_custom_factory_and_bad_inputs(tiny_gpt2, tmp_path):
                       ({"interventions": {"x": 3}}, "intervention factories must be callables"),
                       ({"interventions": {"x": lambda *a: None}}, "no strengths for intervention 'x'"),
                       ({"effect": "glass_delta"}, "effect must be one of"),
+                      ({"effect": "d_z", "test": "welch"}, "'d_z' is a paired effect size"),
                       ({"use_scales": ["deep"]}, "unknown scale 'deep'"),
                       ({"n_boot": 5}, "n_boot must be 0"),
                       ({"at": "twice"}, r"at must be one of \['entry', 'held', 'every'\]")]:
@@ -356,3 +361,21 @@ def test_smollm2_baseline_check_passes_real_text_and_rejects_garbage(smollm2):
     garbage = [" the_topic- was- teststopic to common-- to- about", " Paris-----------------", " ,,, of of the the ;;"]
     with pytest.raises(DegenerateBaselineError, match="Samples: ' the_topic- was-"):
         check_baseline(smollm2, prompts, garbage)
+
+
+def test_experiment_effect_follows_the_design(tiny_gpt2, monkeypatch):
+    """Paired design -> d_z with BCa CIs over pairs; welch -> Hedges' g (independent groups), labelled."""
+    from msma_lens.steer import experiment as steering
+
+    calls = []
+    monkeypatch.setattr(steering.stats, "paired_bca_ci", lambda fn, a, b, **kw: calls.append(fn) or (-1.0, 1.0))
+    kw = dict(interventions=["rescale"], strengths={"rescale": [2.0]}, use_scales=["global"], metrics=["word_count"],
+              max_new_tokens=4, seeds=[0], n_boot=20, baseline_check=None, progress=False)
+    res = run_experiment(tiny_gpt2, PROMPTS, **kw)
+    assert calls == [stats.cohens_dz] and res.table[0]["effect_ci_lo"] == -1.0
+    assert res.config["effect_label"].startswith("Cohen's d_z (paired")
+    assert "Cohen's d_z (paired)" in res.figure_sweep().layout.title.text
+    res = run_experiment(tiny_gpt2, PROMPTS, test="welch", **kw)
+    assert len(calls) == 1 and res.config["effect"] == "hedges_g" and res.table[0]["effect_name"] == "hedges_g"
+    assert "effect: hedges_g = Hedges' g (independent groups" in res.format()
+    assert res.config["ci_method"].startswith("percentile bootstrap")

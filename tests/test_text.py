@@ -127,13 +127,20 @@ def test_sentence_count_and_mean_length():
 @needs_spacy
 def test_max_dependency_depth():
     # spaCy en_core_web_sm 3.8 parse (inspected): The -det-> dog -nsubj-> barked (ROOT); big -amod-> dog; "." -> barked
-    assert T.max_dependency_depth("The big dog barked.") == 2.0
-    # "Dogs bark." has depth 1; the max is taken over sentences
-    assert T.max_dependency_depth("Dogs bark. The big dog barked.") == 2.0
-    # very -> big -> collar -> with -> saw (ROOT): 4 hops
-    assert T.max_dependency_depth("The man saw the dog with the very big red collar.") == 4.0
+    # depth = word tokens on the path to the root, root included: The, dog, barked
+    assert T.max_dependency_depth("The big dog barked.") == 3.0
+    # "Dogs bark." has depth 2; the max is taken over sentences
+    assert T.max_dependency_depth("Dogs bark. The big dog barked.") == 3.0
+    # very -> big -> collar -> with -> saw (ROOT): 5 words
+    assert T.max_dependency_depth("The man saw the dog with the very big red collar.") == 5.0
     assert T.max_dependency_depth("") == 0.0
-    assert T.max_dependency_depth(["Dogs bark.", "The big dog barked."]) == [1.0, 2.0]
+    assert T.max_dependency_depth(["Dogs bark.", "The big dog barked."]) == [2.0, 3.0]
+
+
+@needs_spacy
+def test_max_dependency_depth_ignores_punctuation():
+    # a lone word is the root (depth 1) whatever punctuation hangs off it; hop counting gave "Yes" 0 and "Yes." 1
+    assert T.max_dependency_depth(["Yes", "Yes.", "Yes!!!", "Dogs bark", "Dogs bark!!!"]) == [1.0, 1.0, 1.0, 2.0, 2.0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -155,10 +162,18 @@ def test_discourse_coherence():
     off_topic = T.discourse_coherence("The weather is sunny and warm today. Quarterly tax filings are due in April.")
     assert same == pytest.approx(1.0, abs=1e-5)
     assert on_topic > off_topic + 0.2
-    assert T.discourse_coherence("Only one sentence here.") == 0.5
-    assert T.discourse_coherence("") == 0.5
+    # undefined with < 2 sentences: NaN by default, the authors' 0.5 only on request
+    assert math.isnan(T.discourse_coherence("Only one sentence here."))
+    assert math.isnan(T.discourse_coherence(""))
+    assert T.discourse_coherence("Only one sentence here.", single_sentence="authors") == T.COHERENCE_SINGLE_SENTENCE == 0.5
+    assert T.discourse_coherence("", single_sentence="authors") == 0.5
     batch = T.discourse_coherence(["The weather is sunny and warm today. Quarterly tax filings are due in April.", "One."])
-    assert batch[0] == pytest.approx(off_topic, abs=1e-5) and batch[1] == 0.5
+    assert batch[0] == pytest.approx(off_topic, abs=1e-5) and math.isnan(batch[1])
+    authors = T.discourse_coherence(["The weather is sunny and warm today. Quarterly tax filings are due in April.", "One."],
+                                    single_sentence="authors")
+    assert authors[0] == batch[0] and authors[1] == 0.5
+    with pytest.raises(ConfigError, match="single_sentence"):
+        T.discourse_coherence("One.", single_sentence="zero")
 
 
 @needs_spacy
@@ -194,11 +209,13 @@ def test_text_metrics_all_and_consistent_with_functions():
     assert len(rows) == 3
     assert list(rows[0]) == [n for n in T.TEXT_METRICS if n != "perplexity"]
     for row, t in zip(rows, texts):
-        assert all(isinstance(v, float) and math.isfinite(v) for v in row.values())
+        assert all(isinstance(v, float) and (math.isfinite(v) or k == "coherence") for k, v in row.items())
         assert row["ttr"] == T.type_token_ratio(t)
         assert row["sentence_count"] == T.sentence_count(t)
-        assert row["coherence"] == pytest.approx(T.discourse_coherence(t), abs=1e-6)
-    assert rows[1]["sentence_count"] == 0.0 and rows[1]["coherence"] == 0.5
+        assert row["coherence"] == pytest.approx(T.discourse_coherence(t), abs=1e-6, nan_ok=True)
+    assert rows[1]["sentence_count"] == 0.0 and math.isnan(rows[1]["coherence"])
+    authors = T.text_metrics(texts[:2], metrics=["coherence"], coherence_single_sentence="authors")
+    assert authors[0]["coherence"] == pytest.approx(rows[0]["coherence"]) and authors[1]["coherence"] == 0.5
     assert T.text_metrics("the cat the dog", metrics=["ttr", "distinct_2"]) == [{"ttr": 0.75, "distinct_2": 1.0}]
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "fit_map",
     "MapTrainer",
     "MANIFOLDS",
+    "CURV_SCALES",
     "CHECKPOINT_FILE",
 ]
 
@@ -50,7 +51,10 @@ MANIFOLDS: tuple[str, ...] = ("canonical", "euclidean")
 INITS: tuple[str, ...] = ("procrustes", "identity")
 CHECKPOINT_FILE = "fit_map.pt"
 _CKPT_FORMAT = "msma_lens.fit_map.checkpoint"
-_CKPT_VERSION = 1
+_CKPT_VERSION = 2  # 2: best step chosen by validation residual; separate batch / curvature RNG streams
+CURV_SCALES: tuple[str, ...] = ("absolute", "relative")
+# offsets from cfg.seed of the independent random streams (so that one term's draws never shift another's)
+_SEED_BATCH, _SEED_EVAL_PERM, _SEED_EVAL_CURV, _SEED_CURV, _SEED_CURV_REF = 0, 1, 2, 3, 4
 
 
 class CrossScaleMap(nn.Module):
@@ -213,6 +217,13 @@ class MapTrainConfig:
     ``critic="concat"`` evaluates an MLP on all B² pairs (expensive at B = 512). ``init`` is ``"procrustes"``
     (closed form; recommended) or ``"identity"``. ``device``, ``checkpoint_dir`` and ``checkpoint_every`` do not
     affect the result.
+
+    ``curv_scale``: ``"absolute"`` (default, the published penalty E‖Δ²g‖²/ε⁴; at λ_curv = 0.01 on SmolLM2 it is
+    ~1e-7 against ~0.06 for the geometry term, i.e. inert) or ``"relative"``: the penalty divided by that of a
+    reference g (same first layer, a freshly initialised seeded last layer) on random directions at
+    initialisation, so λ_curv·L_curv ≈ λ_curv for a g as curved as a generic random MLP of this width.
+    The best step is chosen by the validation residual alone (never by the critic's Î, which rises as the
+    critic learns); ``history`` reports each weighted term (``val_*_term``) beside it.
     """
 
     lambda_geo: float = 0.1
@@ -240,6 +251,7 @@ class MapTrainConfig:
     mine_alpha: float = 0.01
     smile_tau: float = 5.0
     stabilize: int | None = 100
+    curv_scale: str = "absolute"
 
     def __post_init__(self) -> None:
         def bad(name: str, rng: str) -> ConfigError:
@@ -273,6 +285,8 @@ class MapTrainConfig:
             raise bad("manifold", f"one of {', '.join(MANIFOLDS)}")
         if self.init not in INITS:
             raise bad("init", f"one of {', '.join(INITS)}")
+        if self.curv_scale not in CURV_SCALES:
+            raise bad("curv_scale", f"one of {', '.join(CURV_SCALES)}")
         if self.critic not in CRITICS:
             raise bad("critic", f"one of {', '.join(CRITICS)}")
         if self.device is not None:
@@ -297,7 +311,8 @@ class MapTrainConfig:
 @dataclass
 class FitOutput:
     """Result of :func:`fit_map`: the trained map and critic (best held-out state unless stopped early via
-    ``stop_after``), one history row per evaluation (step 0 = the initial map), and the best step."""
+    ``stop_after``), one history row per evaluation (step 0 = the initial map), and the best step: the one with
+    the lowest validation residual ``best_geo``; ``best_objective`` is the full objective at that step."""
 
     map: CrossScaleMap
     critic: nn.Module
@@ -308,6 +323,7 @@ class FitOutput:
     completed: bool
     closed_form: ProcrustesFit | None = field(default=None, repr=False)
     config: MapTrainConfig | None = None
+    best_geo: float = float("nan")
 
 
 def _plain(obj):
@@ -418,8 +434,12 @@ class MapTrainer:
             stabilize=cfg.stabilize,
         )
         self.objective = make_objective(cfg.estimator, alpha=cfg.mine_alpha, tau=cfg.smile_tau)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self._eval_perm = torch.randperm(self._Xv.shape[0], generator=torch.Generator().manual_seed(cfg.seed + 1))
+        self.generator = torch.Generator().manual_seed(cfg.seed + _SEED_BATCH)  # minibatches only
+        self.curv_generator = torch.Generator().manual_seed(cfg.seed + _SEED_CURV)  # curvature directions only
+        self.last_batch: torch.Tensor | None = None  # row indices of the latest training minibatch
+        perm_gen = torch.Generator().manual_seed(cfg.seed + _SEED_EVAL_PERM)
+        self._eval_perm = torch.randperm(self._Xv.shape[0], generator=perm_gen)
+        self.curv_ref = self._curv_reference() if (self._use_curv and cfg.curv_scale == "relative") else 1.0
         self._fingerprint = _fingerprint(t["X_train"], t["Y_train"], t["X_val"], t["Y_val"])
         self._map_spec = {"d_in": m.d_in, "d_out": m.d_out, "residual_hidden": m.residual_hidden, "manifold": m.manifold_name}
         self.steps_done = 0
@@ -437,6 +457,22 @@ class MapTrainer:
         """``cfg.checkpoint_dir / CHECKPOINT_FILE``, or None."""
         return Path(self.cfg.checkpoint_dir) / CHECKPOINT_FILE if self.cfg.checkpoint_dir is not None else None
 
+    def _curv_reference(self) -> float:
+        """Penalty of a reference g (this g's first layer, a seeded default-initialised last layer) on training
+        rows and random directions: the unit of ``curv_scale="relative"``."""
+        ref = copy.deepcopy(self.map.residual)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed + _SEED_CURV_REF)
+            ref[2].reset_parameters()
+        gen = torch.Generator().manual_seed(self.cfg.seed + _SEED_CURV_REF)
+        n = self._X.shape[0]
+        j = torch.randperm(n, generator=gen)[: min(n, self.cfg.eval_batch_size)].to(self.device)
+        with torch.no_grad():
+            c = float(curvature_loss(ref, self._X[j], self.cfg.curvature_eps, generator=gen))
+        if not (math.isfinite(c) and c > 0):
+            raise NumericsError(f"curv_scale='relative': reference curvature is {c}; use curv_scale='absolute'")
+        return c
+
     def _loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg
         pred = self.map(xb)
@@ -448,7 +484,7 @@ class MapTrainer:
             loss = loss - cfg.lambda_info * info
         lc = pred.new_zeros(())
         if self._use_curv:
-            lc = curvature_loss(self.map.residual, xb, cfg.curvature_eps, generator=self.generator)
+            lc = curvature_loss(self.map.residual, xb, cfg.curvature_eps, generator=self.curv_generator) / self.curv_ref
             loss = loss + cfg.lambda_curv * lc
         return loss, {"loss": loss, "geo": lg, "info": info, "curv": lc}
 
@@ -461,7 +497,9 @@ class MapTrainer:
         for g, base in zip(self.optimizer.param_groups, (cfg.stiefel_lr, cfg.lr)):
             g["lr"] = _cosine(base, step, cfg.steps)
         n, B = self._X.shape[0], min(cfg.batch_size, self._X.shape[0])
-        j = (torch.arange(n) if B == n else torch.randperm(n, generator=self.generator)[:B]).to(self.device)
+        j = torch.arange(n) if B == n else torch.randperm(n, generator=self.generator)[:B]
+        self.last_batch = j
+        j = j.to(self.device)
         loss, parts = self._loss(self._X[j], self._Y[j])
         if not torch.isfinite(loss):
             raise NumericsError(
@@ -481,7 +519,9 @@ class MapTrainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """The held-out objective (same λs) and its terms: ``val_objective``, ``val_geo``, ``val_info`` (NaN
-        without the info term; Î on batches of ``eval_batch_size``) and ``val_curv``. Changes no state."""
+        without the info term; Î on batches of ``eval_batch_size``), ``val_curv`` (in ``curv_scale`` units) and the
+        weighted terms ``val_geo_term`` = λ_geo·geo, ``val_info_term`` = λ_info·Î, ``val_curv_term`` = λ_curv·curv.
+        Changes no state."""
         cfg, m, critic, Xva, Yva = self.cfg, self.map, self.critic, self._Xv, self._Yv
         m.eval()
         critic.eval()
@@ -498,15 +538,19 @@ class MapTrainer:
         curv = 0.0
         if self._use_curv:
             j = self._eval_perm[:Be].to(self.device)
-            curv = float(curvature_loss(m.residual, Xva[j], cfg.curvature_eps, generator=torch.Generator().manual_seed(cfg.seed + 2)))
-        obj = cfg.lambda_geo * geo + cfg.lambda_curv * curv - (cfg.lambda_info * info if self._use_info else 0.0)
+            gen = torch.Generator().manual_seed(cfg.seed + _SEED_EVAL_CURV)
+            curv = float(curvature_loss(m.residual, Xva[j], cfg.curvature_eps, generator=gen)) / self.curv_ref
+        info_term = cfg.lambda_info * info if self._use_info else 0.0
+        obj = cfg.lambda_geo * geo + cfg.lambda_curv * curv - info_term
         m.train()
         critic.train()
-        return {"val_objective": obj, "val_geo": geo, "val_info": info, "val_curv": curv}
+        return {"val_objective": obj, "val_geo": geo, "val_info": info, "val_curv": curv, "val_geo_term": cfg.lambda_geo * geo,
+                "val_info_term": info_term, "val_curv_term": cfg.lambda_curv * curv}
 
     def record(self) -> dict:
         """Evaluate, append a ``history`` row (train means since the last row, held-out terms, ``ortho_error``),
-        update :attr:`stopper` and keep the state if it is the best; returns the row."""
+        update :attr:`stopper` on the validation residual ``val_geo`` (model selection by geometry, never by the
+        critic's Î) and keep the state if it is the best; returns the row."""
         cfg, step, acc = self.cfg, self.steps_done, self._acc
         row = {"step": step, "lr_stiefel": _cosine(cfg.stiefel_lr, min(step, cfg.steps - 1), cfg.steps)}
         for k in ("loss", "geo", "info", "curv"):
@@ -515,7 +559,7 @@ class MapTrainer:
         row["ortho_error"] = self.map.orthogonality_error()
         self.history.append(row)
         self._acc = dict(_ZERO_ACC)
-        if self.stopper.update(row["val_objective"], step):
+        if self.stopper.update(row["val_geo"], step):
             self.best_state = {"map": _plain(self.map.state_dict()), "critic": _plain(self.critic.state_dict())}
         return row
 
@@ -531,6 +575,7 @@ class MapTrainer:
             "map_spec": dict(self._map_spec), "data": _plain(self._fingerprint), "map": _plain(self.map.state_dict()),
             "critic": _plain(self.critic.state_dict()), "optimizer": _plain(self.optimizer.state_dict()),
             "objective": _plain(self.objective.state_dict()), "generator": self.generator.get_state(),
+            "curv_generator": self.curv_generator.get_state(),
             **_plain(state),
         }
 
@@ -546,6 +591,7 @@ class MapTrainer:
                 st["step"] = int(st["step"].item())
         self.objective.load_state_dict(state["objective"])
         self.generator.set_state(state["generator"])
+        self.curv_generator.set_state(state["curv_generator"])
         self.closed_form = None
         self.steps_done, self.finished = int(state["step"]), bool(state["finished"])
         self.history, self._acc = copy.deepcopy(state["history"]), dict(state["acc"])
@@ -561,7 +607,8 @@ class MapTrainer:
             raise ArtifactError(f"{source} is not a fit_map checkpoint")
         if ck.get("format_version") != _CKPT_VERSION:
             raise ArtifactError(f"{source} has checkpoint format_version {ck.get('format_version')!r}; this version of "
-                                f"msma_lens reads version {_CKPT_VERSION} only: delete it to start the fit afresh")
+                                f"msma_lens reads version {_CKPT_VERSION} only (version 2 selects the best step by validation residual "
+                                "and draws curvature directions from their own RNG): delete it to start the fit afresh")
         if ck["config"] != self.cfg.result_fields():
             diff = sorted(k for k in ck["config"] if ck["config"][k] != self.cfg.result_fields().get(k))
             raise ArtifactError(f"{source} was written with a different config (fields: {', '.join(diff)})")
@@ -622,10 +669,12 @@ class MapTrainer:
             with torch.no_grad():  # final float64 re-projection (polar factor; keeps the det sign), as `stabilize` does
                 U, _, Vh = torch.linalg.svd(self.map.W.detach().double(), full_matrices=False)
                 self.map.W.copy_((U @ Vh).to(self.map.W))
+        best_step = int(self.stopper.best_step)
+        best = next((r for r in self.history if r["step"] == best_step), None)
         return FitOutput(
-            map=self.map, critic=self.critic, history=self.history, best_step=int(self.stopper.best_step),
-            best_objective=float(self.stopper.best), steps_run=self.steps_done, completed=self.finished,
-            closed_form=self.closed_form, config=self.cfg,
+            map=self.map, critic=self.critic, history=self.history, best_step=best_step,
+            best_objective=float("nan") if best is None else float(best["val_objective"]), steps_run=self.steps_done,
+            completed=self.finished, closed_form=self.closed_form, config=self.cfg, best_geo=float(self.stopper.best),
         )
 
 
@@ -649,8 +698,9 @@ def fit_map(
     :class:`CrossScaleMap` is built and initialised per ``cfg.init``. Optimiser: geoopt ``RiemannianAdam`` with
     a Stiefel group (``cfg.stiefel_lr``) and a Euclidean group (``cfg.lr``; map gain, bias, g and the
     critic), ``stabilize``, cosine decay to 0 over ``cfg.steps``. Every ``eval_every`` steps the held-out
-    objective (same λs; Î on held-out batches of ``eval_batch_size``) is evaluated; the best state is kept and
-    training stops after ``patience`` evaluations without improvement.
+    objective (same λs; Î on held-out batches of ``eval_batch_size``) is evaluated; the state with the lowest
+    validation residual is kept (not the best objective: Î is the critic's own score) and training stops after
+    ``patience`` evaluations without improvement of it.
 
     On completion W is re-projected onto the manifold in float64 (a polar step of size ~‖WᵀW − I‖; the
     per-evaluation ``ortho_error`` in ``history`` is measured before it).

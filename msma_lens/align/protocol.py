@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..align.maps import CrossScaleMap, MapTrainConfig, fit_map
+from ..align.maps import CrossScaleMap, MapTrainConfig, fit_map, geo_loss
 from ..align.procrustes import procrustes
 from ..analysis import metrics as M
 from ..analysis.stats import mean_ci, paired_t_test
@@ -30,6 +30,7 @@ from ..errors import ArtifactError, ConfigError
 from ..io.artifacts import load_artifact, restore_nan, save_artifact, write_csv_atomic, write_json_atomic, write_text_atomic
 
 KIND = "msma_lens.AlignmentResult"
+SELECTIONS: tuple[str, ...] = ("trained", "closed_form")
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("global", "intermediate"), ("intermediate", "local"))
 VARIANTS: tuple[str, ...] = ("baseline", "closed_form", "full", "no_geometry", "no_information", "no_curvature")
 MAP_METRICS: tuple[str, ...] = ("residual", "kl_diag", "kl_full")  # change with the map
@@ -134,11 +135,12 @@ def _norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, float]:
 class AlignmentResult:
     """Fitted cross-scale maps with held-out metrics, training curves, config and provenance.
 
-    ``maps[pair_key(src, dst)]`` acts on normalised activations; :meth:`predict` and :meth:`linear_map` work in
-    raw residual units. ``metrics[pair]`` has ``before`` (identity: source vs target), ``closed_form`` and
-    ``after`` (the trained map) values of the map-dependent metrics on held-out documents, ``pair`` (invariant
-    dependence metrics of the layer pair), ``floor`` (split-half KL floors of the target at the same n and d),
-    and ``n_test``.
+    ``maps[pair_key(src, dst)]`` is the selected map (see :attr:`selected`) and acts on normalised activations;
+    :meth:`predict` and :meth:`linear_map` work in raw residual units. ``metrics[pair]`` has ``before`` (identity:
+    source vs target), ``closed_form``, ``trained`` and ``after`` (the selected map) values of the map-dependent
+    metrics on held-out documents, ``selected`` with ``val_residual`` (the validation residuals it was chosen
+    on), ``pair`` (invariant dependence metrics of the layer pair), ``floor`` (split-half KL floors of the
+    target at the same n and d), and ``n_test``.
     """
 
     maps: dict[str, CrossScaleMap]
@@ -147,6 +149,12 @@ class AlignmentResult:
     history: dict[str, list[dict]]
     config: dict
     provenance: dict
+
+    @property
+    def selected(self) -> dict[str, str]:
+        """Per pair, which map won on the validation split: ``"trained"`` or ``"closed_form"`` (results saved
+        before the selection existed hold trained maps)."""
+        return {k: m.get("selected", "trained") for k, m in self.metrics.items()}
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -223,11 +231,16 @@ class AlignmentResult:
         for k, m in self.metrics.items():
             lines.append(f"{k}  (held-out rows: {m['n_test']}, training rows: {m['n_train']}, best step: {m['best_step']}, "
                          f"massive-activation rows excluded: {m.get('n_massive_excluded', 0)})")
-            lines.append(f"  {'metric':<14}{'before':>12}{'closed form':>13}{'after':>12}{'floor':>10}")
+            if "selected" in m:
+                vr = m["val_residual"]
+                lines.append(f"  selected map: {m['selected']} (validation residual: trained {vr['trained']:.4g}, "
+                             f"closed form {vr['closed_form']:.4g}; 'after' is the selected map)")
+            trained = m.get("trained", m["after"])
+            lines.append(f"  {'metric':<14}{'before':>12}{'closed form':>13}{'trained':>12}{'after':>12}{'floor':>10}")
             for name in m["after"]:
                 fl = m["floor"].get(name)
-                lines.append(f"  {name:<14}{m['before'][name]:>12.4g}{m['closed_form'][name]:>13.4g}{m['after'][name]:>12.4g}"
-                             f"{'' if fl is None else f'{fl:.4g}':>10}")
+                lines.append(f"  {name:<14}{m['before'][name]:>12.4g}{m['closed_form'][name]:>13.4g}{trained[name]:>12.4g}"
+                             f"{m['after'][name]:>12.4g}{'' if fl is None else f'{fl:.4g}':>10}")
             lines.append(f"  held-out {m.get('mi_estimator', 'MI')} bound of the trained critic at the best step: "
                          f"{m.get('mi_heldout', float('nan')):.3f} nats (a lower bound on I(f(X); Y) <= I(X; Y): no map creates "
                          "information; its rise during training is the critic learning, not alignment)")
@@ -330,6 +343,9 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
                   progress: bool = True) -> AlignmentResult:
     """Fit the configured cross-scale maps (default f_GI and f_IL) and evaluate them on held-out documents.
 
+    Per pair, the trained map (its best step chosen by validation residual) and the closed-form map are compared
+    on the validation split, never the held-out test split; the one with the lower residual is kept (a tie goes
+    to the closed form) and recorded in ``metrics[pair]["selected"]`` / :attr:`AlignmentResult.selected`.
     ``progress``: tqdm bars on stderr over the maps and each map's training steps.
     """
     from tqdm.auto import tqdm
@@ -345,17 +361,26 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
         if checkpoint_dir is not None:
             train_cfg = dataclasses.replace(train_cfg, checkpoint_dir=str(Path(checkpoint_dir) / k.replace("->", "_to_")))
         out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], train_cfg, progress=progress, desc=k)
-        f = out.map.cpu().eval()
+        trained = out.map.cpu().eval()
         cf = out.closed_form or procrustes(d.X["train"], d.Y["train"])
-        Xt, Yt = d.X["test"], d.Y["test"]
+        Xv, Yv, Xt, Yt = d.X["val"], d.Y["val"], d.X["test"], d.Y["test"]
         with torch.no_grad():
-            pred, pred_cf = f(Xt), cf.apply(Xt)
+            val_res = {"trained": float(geo_loss(trained(Xv).double(), Yv.double())),
+                       "closed_form": float(geo_loss(cf.apply(Xv).double(), Yv.double()))}
+            pred_trained, pred_cf = trained(Xt), cf.apply(Xt)
+        selected = "trained" if val_res["trained"] < val_res["closed_form"] else "closed_form"
+        f = trained if selected == "trained" else _closed_form_map(d.X["train"], d.Y["train"], train_cfg.manifold)
+        with torch.no_grad():
+            pred = f(Xt)
         mets[k] = {
             # no identity map between different widths: "before" is undefined there
             "before": _metric_values(cfg.map_metrics, Xt, Yt) if Xt.shape[1] == Yt.shape[1]
             else {n: float("nan") for n in cfg.map_metrics},
             "closed_form": _metric_values(cfg.map_metrics, pred_cf, Yt),
+            "trained": _metric_values(cfg.map_metrics, pred_trained, Yt),
             "after": _metric_values(cfg.map_metrics, pred, Yt),
+            "selected": selected,
+            "val_residual": val_res,
             "pair": _metric_values(cfg.pair_metrics, Xt, Yt),
             "pair_after_map": _metric_values(cfg.pair_metrics, pred, Yt),
             "floor": {n: float(M.kl_floor(Yt, kind="diag" if n == "kl_diag" else "full")) for n in cfg.map_metrics
@@ -365,13 +390,20 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
             # the rows _prepare dropped: flagged in any scale of any configured pair (all splits)
             "n_massive_excluded": int(acts.massive_rows(_pair_scales(cfg), cfg.outlier_factor).sum()),
             "best_step": out.best_step,
-            # held-out neural MI bound of the jointly trained critic at the best step (nats; NaN if λ_info = 0)
+            # held-out neural MI bound of the jointly trained critic at its best step (nats; NaN if λ_info = 0)
             "mi_heldout": next((float(h["val_info"]) for h in out.history if h["step"] == out.best_step), float("nan")),
             "mi_estimator": train_cfg.estimator,
             "orthogonality_error": f.orthogonality_error(),
         }
         maps[k], hist[k] = f, out.history
     return AlignmentResult(maps, norms, mets, hist, cfg.to_dict(), dict(acts.meta))
+
+
+def _closed_form_map(X: torch.Tensor, Y: torch.Tensor, manifold: str) -> CrossScaleMap:
+    """An affine :class:`CrossScaleMap` equal to the closed-form Procrustes fit of Y on X."""
+    m = CrossScaleMap(X.shape[1], Y.shape[1], manifold=manifold)
+    m.init_from_procrustes(X, Y)
+    return m.eval()
 
 
 # ----- ablations -----------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
 """Small statistics toolkit: effect sizes, bootstrap confidence intervals, paired tests, Holm correction.
 
+Paired designs (the steering experiments) use :func:`cohens_dz` (mean / SD of the differences) with
+:func:`paired_bca_ci`; :func:`cohens_d` / :func:`hedges_g` standardise by the pooled SD of independent groups.
+
 All functions take 1-d array-likes (numpy, torch or lists) and return floats or numpy arrays; they are
 used by the alignment ablations and the steering experiments alike.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -38,6 +42,85 @@ def hedges_g(treated, baseline) -> float:
     """Cohen's d with the small-sample correction J = 1 - 3 / (4(n_a + n_b) - 9)."""
     n = np.asarray(treated).size + np.asarray(baseline).size
     return cohens_d(treated, baseline) * (1.0 - 3.0 / (4.0 * n - 9.0))
+
+
+def _paired_diffs(treated, baseline) -> np.ndarray:
+    a, b = _vec(treated, "treated"), _vec(baseline, "baseline")
+    if a.size != b.size:
+        raise ConfigError(f"paired samples differ in length: {a.size} vs {b.size}")
+    return a - b
+
+
+def _dz(d: np.ndarray, axis: int = -1) -> np.ndarray:
+    """d_z along ``axis``: mean / SD(ddof=1); 0 where all differences are 0, ±inf where the SD alone is 0."""
+    m, s = d.mean(axis=axis), d.std(ddof=1, axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(s > 0, m / np.where(s > 0, s, 1.0), np.where(m == 0, 0.0, np.sign(m) * np.inf))
+
+
+def _j(df: float) -> float:
+    """Hedges' small-sample correction J(df) = 1 - 3 / (4 df - 1)."""
+    return 1.0 - 3.0 / (4.0 * df - 1.0)
+
+
+def cohens_dz(treated, baseline) -> float:
+    """Paired effect size d_z = mean(treated - baseline) / SD(treated - baseline) (ddof=1); 0 when all
+    differences are 0, ±inf when they are all equal and non-zero."""
+    d = _paired_diffs(treated, baseline)
+    if d.size < 2:
+        raise ConfigError(f"cohens_dz needs >= 2 pairs, got {d.size}")
+    return float(_dz(d))
+
+
+def hedges_gz(treated, baseline) -> float:
+    """d_z with the small-sample correction J(n - 1) = 1 - 3 / (4(n - 1) - 1)."""
+    d = _paired_diffs(treated, baseline)
+    return cohens_dz(treated, baseline) * _j(d.size - 1)
+
+
+PAIRED_EFFECTS: dict[str, Callable[..., float]] = {"d_z": cohens_dz, "g_z": hedges_gz}
+MIN_PAIRS_FOR_CI = 8
+
+
+def paired_bca_ci(
+    stat: Callable[..., float],
+    treated,
+    baseline,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """BCa bootstrap CI of ``stat(treated, baseline)`` resampling pairs (scipy.stats.bootstrap, ``paired=True``;
+    bias correction z0 from the resamples, acceleration from the jackknife), seeded.
+
+    With fewer than :data:`MIN_PAIRS_FOR_CI` pairs, fewer than 2 non-zero differences or all differences equal
+    the CI means nothing: a UserWarning naming n is raised and (nan, nan) returned. Non-finite bounds become NaN.
+    """
+    from scipy import stats as st
+
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"level must be in (0, 1), got {level}")
+    if n_boot < 10:
+        raise ConfigError(f"n_boot must be >= 10, got {n_boot}")
+    d = _paired_diffs(treated, baseline)
+    n, nz = d.size, int(np.count_nonzero(d))
+    if n < MIN_PAIRS_FOR_CI or nz < 2 or np.all(d == d[0]):
+        warnings.warn(f"paired bootstrap CI not computed: n={n} pairs, {nz} non-zero difference(s) (needs n >= "
+                      f"{MIN_PAIRS_FOR_CI}, >= 2 non-zero and not all equal); bounds are NaN", UserWarning, stacklevel=2)
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    kw = dict(n_resamples=n_boot, confidence_level=level, method="BCa", rng=rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # inf/nan resamples, degenerate jackknife: NaN below
+        if stat in PAIRED_EFFECTS.values():  # functions of the differences only: resampling d == resampling pairs
+            j = _j(n - 1) if stat is hedges_gz else 1.0
+            res = st.bootstrap((d,), lambda x, axis=-1: _dz(x, axis) * j, vectorized=True, **kw)
+        else:
+            a, b = _vec(treated, "treated"), _vec(baseline, "baseline")
+            res = st.bootstrap((a, b), stat, paired=True, vectorized=False, **kw)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (lo if np.isfinite(lo) else float("nan")), (hi if np.isfinite(hi) else float("nan"))
 
 
 def percent_change(treated, baseline) -> float:

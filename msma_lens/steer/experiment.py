@@ -1,6 +1,7 @@
 """The intervention experiment runner (MSPGT §B.5–B.6): :func:`run_experiment` sweeps prompts × scales ×
 intervention kinds × strengths × seeds and compares text metrics (:mod:`msma_lens.analysis.text`) with the
-unsteered baseline: % change, Cohen's d / Hedges' g with bootstrap CIs, and Holm-corrected p-values across the
+unsteered baseline: % change, a paired effect size (d_z, BCa bootstrap CIs over pairs; Hedges' g / Cohen's d of
+independent groups for ``test="welch"``), and Holm-corrected p-values across the
 whole grid; results save as JSON + CSV and plot with plotly. A degenerate baseline stops it first
 (:func:`check_baseline`)."""
 
@@ -63,7 +64,12 @@ DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
 }
 DEFAULT_METRICS = ("ttr", "distinct_2", "sentence_count", "mean_sentence_length", "max_dependency_depth", "coherence",
                    "sentiment_consistency", "repetition_rate", "compression_ratio", "perplexity")
-EFFECTS = {"hedges_g": stats.hedges_g, "cohens_d": stats.cohens_d}
+EFFECTS = {**stats.PAIRED_EFFECTS, "hedges_g": stats.hedges_g, "cohens_d": stats.cohens_d}
+EFFECT_LABELS = {"d_z": "Cohen's d_z (paired: mean / SD of differences)",
+                 "g_z": "Hedges' g_z (paired d_z x small-sample J)",
+                 "hedges_g": "Hedges' g (independent groups, pooled SD)",
+                 "cohens_d": "Cohen's d (independent groups, pooled SD)"}
+CI_METHODS = {"paired": "BCa bootstrap over pairs", "welch": "percentile bootstrap, groups resampled independently"}
 TESTS = {"paired": stats.paired_t_test, "welch": stats.welch_t_test}
 
 Factory = Callable[[str, float, int], "Intervention | Sequence[Intervention]"]
@@ -118,8 +124,8 @@ class ExperimentResult:
     """Tidy results of :func:`run_experiment`.
 
     ``table``: one row per (scale, intervention, strength, metric) with ``n``, ``baseline_mean``,
-    ``steered_mean``, ``pct_change``, ``effect`` (+ ``effect_ci_lo``/``effect_ci_hi``), ``p_value``, ``p_holm``
-    (Holm over the whole grid) and ``significant``. ``samples``: one row per generated text (baseline rows have
+    ``steered_mean``, ``pct_change``, ``effect`` (named by ``effect_name``, e.g. ``d_z``; + ``effect_ci_lo``/``effect_ci_hi``),
+    ``p_value``, ``p_holm`` (Holm over the whole grid) and ``significant``. ``samples``: one row per generated text (baseline rows have
     ``intervention="baseline"``) with its metric values. ``config``: the grid and provenance.
     """
 
@@ -135,9 +141,12 @@ class ExperimentResult:
         rows = [r for r in self.table if metrics is None or r["metric"] in metrics]
         if max_rows is not None:
             rows = sorted(rows, key=lambda r: -abs(r["effect"]) if math.isfinite(r["effect"]) else 0.0)[:max_rows]
+        name = self.config.get("effect") or "effect"
         head = (f"{'scale':<13}{'intervention':<13}{'strength':>9}  {'metric':<22}{'baseline':>9}{'steered':>9}"
-                f"{'%change':>9}{'effect':>8}{'95% CI':>17}{'p_holm':>9}")
-        lines = [head]
+                f"{'%change':>9}{name:>8}{'95% CI':>17}{'p_holm':>9}")
+        label = self.config.get("effect_label") or EFFECT_LABELS.get(name, name)
+        ci = self.config.get("ci_method") or "bootstrap"
+        lines = [f"effect: {name} = {label}; 95% CI: {ci}", head]
         ats = {k: v for k, v in (self.config.get("at") or {}).items() if v}
         if ats:
             lines.insert(0, "applied at: " + ", ".join(f"{k} {v}" for k, v in ats.items())
@@ -208,7 +217,7 @@ class ExperimentResult:
                     fig.add_trace(go.Scatter(x=[r["strength"] for r in rs], y=y, error_y=err, mode="lines+markers", name=s,
                                              legendgroup=s, showlegend=(i == 1 and j == 1),
                                              line=dict(color=palette[c % len(palette)])), row=i, col=j)
-        label = {"hedges_g": "Hedges' g", "cohens_d": "Cohen's d"}.get(self.config.get("effect"), "effect") if value == "effect" else "% change"
+        label = _effect_title(self.config.get("effect")) if value == "effect" else "% change"
         fig.update_layout(height=260 * len(metrics), title=f"Strength sweeps ({label} vs unsteered baseline)")
         return fig
 
@@ -250,6 +259,12 @@ def _finite_or_zero(v: Any) -> float:
     return v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
 
 
+def _effect_title(effect: str | None) -> str:
+    """Short plot label of an effect name: ``Cohen's d_z (paired)``, ``Hedges' g (independent groups)``, ..."""
+    full = EFFECT_LABELS.get(effect or "", "effect")
+    return full.split(" (")[0] + (" (paired)" if effect in stats.PAIRED_EFFECTS else " (independent groups)" if effect in EFFECT_LABELS else "")
+
+
 def _fmt(v: Any) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:.2g}"
 
@@ -261,11 +276,16 @@ def _compare(steered: list[float], base: list[float], effect: str, test: str, n_
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     nan = float("nan")
-    out = {"n": int(ok.sum()), "baseline_mean": float(b.mean()) if b.size else nan, "steered_mean": float(a.mean()) if a.size else nan}
+    out = {"effect_name": effect, "n": int(ok.sum()), "baseline_mean": float(b.mean()) if b.size else nan, "steered_mean": float(a.mean()) if a.size else nan}
     if a.size < 2:
         return {**out, "pct_change": nan, "effect": nan, "effect_ci_lo": nan, "effect_ci_hi": nan, "p_value": nan}
     fn = EFFECTS[effect]
-    lo, hi = stats.bootstrap_ci(fn, a, b, n_boot=n_boot, paired=(test == "paired"), seed=boot_seed) if n_boot else (nan, nan)
+    if not n_boot:
+        lo, hi = nan, nan
+    elif test == "paired":
+        lo, hi = stats.paired_bca_ci(fn, a, b, n_boot=n_boot, seed=boot_seed)
+    else:
+        lo, hi = stats.bootstrap_ci(fn, a, b, n_boot=n_boot, seed=boot_seed)
     p = TESTS[test](a, b)
     if np.array_equal(a, b):  # no change at all: no evidence against the null, and the test still counts in Holm's m
         p = 1.0
@@ -348,7 +368,7 @@ def run_experiment(
     schedule: Any = None,
     use_past_kv_cache: bool = True,
     batch_size: int = 16,
-    effect: str = "hedges_g",
+    effect: str | None = None,
     test: str = "paired",
     n_boot: int = 1000,
     alpha: float = 0.05,
@@ -364,7 +384,10 @@ def run_experiment(
     act (``"held"``, ``"entry"`` or ``"every"``, see :mod:`msma_lens.steer.edits`; factories set their own); the
     mode of each kind is recorded in ``config["at"]`` and in every table and sample row. Each (seed, prompt) pair gets the
     same sampling seed in the baseline and every steered run, so samples are paired (``test="paired"``; or
-    ``"welch"``). ``metrics``: names from :data:`msma_lens.analysis.text.TEXT_METRICS` (default :data:`DEFAULT_METRICS`).
+    ``"welch"``). ``effect``: default ``"d_z"`` (paired; ``"g_z"`` adds the small-sample correction) with BCa
+    bootstrap CIs over pairs when ``test="paired"`` (fewer than 8 pairs: NaN bounds and a warning), ``"hedges_g"``
+    (independent groups, pooled SD; percentile bootstrap) for ``test="welch"``; recorded in ``config["effect"]``, each
+    row's ``effect_name`` and :meth:`ExperimentResult.format`. ``metrics``: names from :data:`msma_lens.analysis.text.TEXT_METRICS` (default :data:`DEFAULT_METRICS`).
     ``progress``: a tqdm bar on stderr over the grid cells (baseline per seed, then scale × kind × strength × seed).
     ``baseline_check``: before any steered run, :func:`check_baseline` compares the unsteered samples' median
     perplexity with the model's on corpus text and raises DegenerateBaselineError above this ratio (None: skip).
@@ -414,7 +437,7 @@ def _validate(model: Any, prompts: Sequence[str], *, scales: Any, use_scales: Se
               interventions: Sequence[str] | Mapping[str, Factory], strengths: Mapping[str, Sequence[float]] | None,
               at: str, seeds: Sequence[int], metrics: Sequence[str] | None, direction: Any, direction_seed: int,
               max_new_tokens: int, do_sample: bool, temperature: float, top_p: float | None, top_k: int | None, phase: str,
-              positions: Any, schedule: Any, use_past_kv_cache: bool, batch_size: int, effect: str, test: str, n_boot: int,
+              positions: Any, schedule: Any, use_past_kv_cache: bool, batch_size: int, effect: str | None, test: str, n_boot: int,
               alpha: float) -> _Settings:
     """Check run_experiment's arguments (ConfigError naming the offending one) and build the intervention factories."""
     from ..analysis.text import TEXT_METRICS, check_metric_names
@@ -428,10 +451,14 @@ def _validate(model: Any, prompts: Sequence[str], *, scales: Any, use_scales: Se
     metric_names = check_metric_names(list(metrics) if metrics is not None else list(DEFAULT_METRICS), has_model=True)
     if not metric_names:
         raise ConfigError(f"metrics is empty; valid text metrics: {', '.join(TEXT_METRICS)}")
-    if effect not in EFFECTS:
-        raise ConfigError(f"effect must be one of {list(EFFECTS)}, got {effect!r}")
     if test not in TESTS:
         raise ConfigError(f"test must be one of {list(TESTS)}, got {test!r}")
+    if effect is None:
+        effect = "d_z" if test == "paired" else "hedges_g"
+    if effect not in EFFECTS:
+        raise ConfigError(f"effect must be one of {list(EFFECTS)}, got {effect!r}")
+    if effect in stats.PAIRED_EFFECTS and test != "paired":
+        raise ConfigError(f"effect {effect!r} is a paired effect size: use test='paired' (or effect='hedges_g' with {test!r})")
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
     check_int(batch_size, "batch_size", 1)
@@ -555,7 +582,8 @@ def _summarise(model: Any, st: _Settings, grid: _Grid) -> ExperimentResult:
     g = st.gen_kw
     config = {"baseline_check": grid.baseline_check, "prompts": st.prompts, "scales": st.scales.to_dict(),
               "scales_used": st.scale_names, "interventions": list(st.factories), "at": {k: grid.mode(k) for k in st.factories},
-              "strengths": st.strengths, "seeds": st.seeds, "metrics": st.metric_names, "effect": st.effect, "test": st.test,
+              "strengths": st.strengths, "seeds": st.seeds, "metrics": st.metric_names, "effect": st.effect,
+              "effect_label": EFFECT_LABELS[st.effect], "ci_method": CI_METHODS[st.test] if st.n_boot else "none", "test": st.test,
               "n_boot": st.n_boot, "alpha": st.alpha, "max_new_tokens": g["max_new_tokens"], "do_sample": g["do_sample"],
               "temperature": g["temperature"], "top_p": g["top_p"], "top_k": g["top_k"], "phase": g["phase"],
               "batch_size": st.batch_size, "use_past_kv_cache": g["use_past_kv_cache"], "direction_seed": st.direction_seed,
