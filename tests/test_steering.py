@@ -379,3 +379,17 @@ def test_experiment_effect_follows_the_design(tiny_gpt2, monkeypatch):
     assert len(calls) == 1 and res.config["effect"] == "hedges_g" and res.table[0]["effect_name"] == "hedges_g"
     assert "effect: hedges_g = Hedges' g (independent groups" in res.format()
     assert res.config["ci_method"].startswith("percentile bootstrap")
+
+
+def test_missing_cis_are_summarised_in_one_warning(tiny_gpt2):
+    import warnings
+
+    from msma_lens.steer.experiment import run_experiment
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_experiment(tiny_gpt2, ["The team won", "Rain fell on", "Birds sing"], interventions=["rescale"],
+                             strengths={"rescale": [1.5, 2.0]}, metrics=["ttr", "repetition_rate"], max_new_tokens=5,
+                             progress=False, baseline_check=None, n_boot=50)
+    msgs = [str(w.message) for w in caught if "bootstrap CI" in str(w.message)]
+    assert len(msgs) == 1 and f"for {len(res.table)} of {len(res.table)} cells" in msgs[0] and "n=3 pairs" in msgs[0], msgs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -568,13 +569,24 @@ def _summarise(model: Any, st: _Settings, grid: _Grid) -> ExperimentResult:
     """Compare every steered cell with the baseline per metric, Holm-correct over the whole table, record the config."""
     table = []
     keys = sorted(grid.base)
-    for (s, k, strength), vals in grid.steered.items():
-        for m in st.metric_names:
-            a = [vals[key][m] for key in keys]
-            b = [grid.base[key][m] for key in keys]
-            row = {"scale": s, "intervention": k, "at": grid.mode(k), "strength": strength, "metric": m}
-            row.update(_compare(a, b, st.effect, st.test, st.n_boot, boot_seed=mix_seed(len(table)) % (2**31)))
-            table.append(row)
+    with warnings.catch_warnings(record=True) as caught:  # one summary instead of a warning per cell
+        warnings.simplefilter("always")
+        for (s, k, strength), vals in grid.steered.items():
+            for m in st.metric_names:
+                a = [vals[key][m] for key in keys]
+                b = [grid.base[key][m] for key in keys]
+                row = {"scale": s, "intervention": k, "at": grid.mode(k), "strength": strength, "metric": m}
+                row.update(_compare(a, b, st.effect, st.test, st.n_boot, boot_seed=mix_seed(len(table)) % (2**31)))
+                table.append(row)
+    no_ci = [w for w in caught if "bootstrap CI not computed" in str(w.message)]
+    for w in caught:
+        if w not in no_ci:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if no_ci:
+        warnings.warn(f"paired bootstrap CIs not computed for {len(no_ci)} of {len(table)} cells (n < "
+                      f"{stats.MIN_PAIRS_FOR_CI} pairs, fewer than 2 non-zero differences, or all differences equal, "
+                      f"e.g. a metric that never changed); their bounds are NaN. First: {no_ci[0].message}", UserWarning,
+                      stacklevel=3)
     adj = stats.holm([r["p_value"] for r in table])
     for r, p in zip(table, adj):
         r["p_holm"] = float(p)
