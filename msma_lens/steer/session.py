@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +13,8 @@ import torch
 from .. import tl
 from ..capture.scales import Scales
 from ..errors import ConfigError, HookError
-from .edits import EditContext, EditPoint, Intervention, ResidualEdit
+from .edits import EditContext, EditPoint, Intervention, ResidualEdit, user_stacklevel
 from .schedule import Schedule, check_phase, check_positions, describe_positions
-
-_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the msma_lens package: skipped in warnings
 
 
 # ----- the record ------------------------------------------------------------------------------------------
@@ -69,10 +65,7 @@ class SteeringRecord:
 
     def _warn(self, msg: str) -> None:
         self.warnings.append(msg)
-        f, level = sys._getframe(1), 2  # point the warning at the first frame outside msma_lens and contextlib
-        while f is not None and (f.f_code.co_filename.startswith(_PKG_DIR) or f.f_code.co_filename.endswith("contextlib.py")):
-            f, level = f.f_back, level + 1
-        warnings.warn(msg, UserWarning, stacklevel=level)
+        warnings.warn(msg, UserWarning, stacklevel=user_stacklevel())
 
 
 def _span(layers: Sequence[int] | None) -> str:
