@@ -35,7 +35,7 @@ SELECTION_RTOL = 1e-6  # the trained map must beat the closed form's validation 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("global", "intermediate"), ("intermediate", "local"))
 VARIANTS: tuple[str, ...] = ("baseline", "closed_form", "full", "no_geometry", "no_information", "no_curvature")
 MAP_METRICS: tuple[str, ...] = ("residual", "kl_diag", "kl_full")  # change with the map
-PAIR_METRICS: tuple[str, ...] = ("cka_debiased", "dcor_u", "svcca", "pwcca", "mutual_knn", "mi_gaussian")  # invariant
+PAIR_METRICS: tuple[str, ...] = ("cka_debiased", "dcor2_u", "svcca", "pwcca", "mutual_knn", "mi_gaussian")  # invariant
 _ABLATE = {"no_geometry": "lambda_geo", "no_information": "lambda_info", "no_curvature": "lambda_curv"}
 
 
