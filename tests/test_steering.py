@@ -364,19 +364,27 @@ def test_smollm2_baseline_check_passes_real_text_and_rejects_garbage(smollm2):
 
 
 def test_experiment_effect_follows_the_design(tiny_gpt2, monkeypatch):
-    """Paired design -> d_z with BCa CIs over pairs; welch -> Hedges' g (independent groups), labelled."""
+    """Paired design -> d_z with the exact noncentral-t CI (or BCa over pairs); welch -> Hedges' g (independent
+    groups), labelled."""
     from msma_lens.steer import experiment as steering
 
     calls = []
-    monkeypatch.setattr(steering.stats, "paired_bca_ci", lambda fn, a, b, **kw: calls.append(fn) or (-1.0, 1.0))
+    monkeypatch.setattr(steering.stats, "paired_effect_ci",
+                        lambda a, b, effect, method="nct", **kw: calls.append((effect, method)) or (-1.0, 1.0))
     kw = dict(interventions=["rescale"], strengths={"rescale": [2.0]}, use_scales=["global"], metrics=["word_count"],
               max_new_tokens=4, seeds=[0], n_boot=20, baseline_check=None, progress=False)
     res = run_experiment(tiny_gpt2, PROMPTS, **kw)
-    assert calls == [stats.cohens_dz] and res.table[0]["effect_ci_lo"] == -1.0
+    assert calls == [("d_z", "nct")] and res.table[0]["effect_ci_lo"] == -1.0
     assert res.config["effect_label"].startswith("Cohen's d_z (paired")
+    assert res.config["ci_method"] == stats.PAIRED_CI_METHODS["nct"] and res.config["paired_ci"] == "nct"
+    assert "95% CI: exact noncentral-t CI of δ_z" in res.format()
     assert "Cohen's d_z (paired)" in res.figure_sweep().layout.title.text
+    res = run_experiment(tiny_gpt2, PROMPTS, effect="g_z", paired_ci="bca", **kw)
+    assert calls[1] == ("g_z", "bca") and res.config["ci_method"] == "BCa bootstrap over pairs"
+    with pytest.raises(ConfigError, match=r"paired_ci must be one of \['nct', 'bca'\], got 'studentized'"):
+        run_experiment(tiny_gpt2, PROMPTS, paired_ci="studentized", **kw)
     res = run_experiment(tiny_gpt2, PROMPTS, test="welch", **kw)
-    assert len(calls) == 1 and res.config["effect"] == "hedges_g" and res.table[0]["effect_name"] == "hedges_g"
+    assert len(calls) == 2 and res.config["effect"] == "hedges_g" and res.table[0]["effect_name"] == "hedges_g"
     assert "effect: hedges_g = Hedges' g (independent groups" in res.format()
     assert res.config["ci_method"].startswith("percentile bootstrap")
 
@@ -391,5 +399,58 @@ def test_missing_cis_are_summarised_in_one_warning(tiny_gpt2):
         res = run_experiment(tiny_gpt2, ["The team won", "Rain fell on", "Birds sing"], interventions=["rescale"],
                              strengths={"rescale": [1.5, 2.0]}, metrics=["ttr", "repetition_rate"], max_new_tokens=5,
                              progress=False, baseline_check=None, n_boot=50)
-    msgs = [str(w.message) for w in caught if "bootstrap CI" in str(w.message)]
+    msgs = [str(w.message) for w in caught if "CIs not computed" in str(w.message)]
     assert len(msgs) == 1 and f"for {len(res.table)} of {len(res.table)} cells" in msgs[0] and "n=3 pairs" in msgs[0], msgs
+
+
+def test_experiment_excludes_nan_pairs_and_counts_them(tiny_gpt2, monkeypatch):
+    """A metric that is NaN for some texts (like coherence of a one-sentence text): those pairs are dropped for
+    that metric only, counted per row (n_pairs, n_excluded) and shown by format()."""
+    import msma_lens.analysis.text as text_mod
+
+    real = text_mod.text_metrics
+    calls = []
+
+    def some_nan(texts, **kw):  # baseline run: NaN for prompt 0; steered run: NaN for prompt 2
+        vals = real(texts, **kw)
+        bad = 0 if not calls else 2
+        calls.append(1)
+        vals[bad]["word_count"] = float("nan")
+        return vals
+
+    monkeypatch.setattr(text_mod, "text_metrics", some_nan)
+    prompts = [*PROMPTS, "A cat sat on", "Stocks fell", "He opened the door and"]
+    res = run_experiment(tiny_gpt2, prompts, interventions=["rescale"], strengths={"rescale": [2.0]}, use_scales=["global"],
+                         metrics=["word_count", "ttr"], max_new_tokens=4, n_boot=0, baseline_check=None, progress=False)
+    wc = res.rows(metric="word_count")[0]
+    ttr = res.rows(metric="ttr")[0]
+    assert (wc["n_pairs"], wc["n_excluded"], wc["n"]) == (4, 2, 4)
+    assert (ttr["n_pairs"], ttr["n_excluded"]) == (6, 0)
+    base = {r["prompt_index"]: r for r in res.samples if r["intervention"] == "baseline"}
+    steer = {r["prompt_index"]: r for r in res.samples if r["intervention"] == "rescale"}
+    kept = [i for i in range(6) if i not in (0, 2)]
+    assert wc["baseline_mean"] == pytest.approx(sum(base[i]["word_count"] for i in kept) / 4)
+    assert wc["steered_mean"] == pytest.approx(sum(steer[i]["word_count"] for i in kept) / 4)
+    assert wc["effect"] == pytest.approx(stats.cohens_dz([steer[i]["word_count"] for i in kept],
+                                                         [base[i]["word_count"] for i in kept]))
+    assert res.config["n_excluded_total"] == 2
+    out = res.format()
+    assert "[2 of 6 pairs excluded]" in out and "pairs dropped because the metric is NaN" in out
+    assert [line.split()[3] for line in out.splitlines() if line.startswith("global") and "pairs excluded]" in line] == \
+        ["word_count"]  # the ttr row shows none
+    assert "pairs excluded" not in run_experiment(tiny_gpt2, prompts[:3], interventions=["rescale"], strengths={"rescale": [2.0]},
+                                                  use_scales=["global"], metrics=["ttr"], max_new_tokens=4, n_boot=0,
+                                                  baseline_check=None, progress=False).format()
+
+
+@pytest.mark.slow
+def test_experiment_coherence_nan_for_one_sentence_texts_is_excluded(tiny_gpt2):
+    """The real coherence metric is NaN for texts with fewer than 2 sentences: those pairs are counted as excluded."""
+    import math as _m
+
+    res = run_experiment(tiny_gpt2, PROMPTS, interventions=["rescale"], strengths={"rescale": [2.0]}, use_scales=["global"],
+                         metrics=["coherence"], max_new_tokens=6, n_boot=0, baseline_check=None, progress=False)
+    row = res.rows(metric="coherence")[0]
+    nan_pairs = sum(1 for i in range(len(PROMPTS))
+                    if any(_m.isnan(r["coherence"]) for r in res.samples if r["prompt_index"] == i))
+    assert nan_pairs > 0 and row["n_excluded"] == nan_pairs and row["n_pairs"] == len(PROMPTS) - nan_pairs

@@ -53,6 +53,8 @@ CHECKPOINT_FILE = "fit_map.pt"
 _CKPT_FORMAT = "msma_lens.fit_map.checkpoint"
 _CKPT_VERSION = 2  # 2: best step chosen by validation residual; separate batch / curvature RNG streams
 CURV_SCALES: tuple[str, ...] = ("absolute", "relative")
+# the MSMA paper's objective: L = 0.1·L_geo − 0.1·Î + 0.01·L_curv with the absolute curvature penalty
+PUBLISHED_OBJECTIVE: dict[str, float | str] = {"lambda_geo": 0.1, "lambda_info": 0.1, "lambda_curv": 0.01, "curv_scale": "absolute"}
 # offsets from cfg.seed of the independent random streams (so that one term's draws never shift another's)
 _SEED_BATCH, _SEED_EVAL_PERM, _SEED_EVAL_CURV, _SEED_CURV, _SEED_CURV_REF = 0, 1, 2, 3, 4
 
@@ -299,6 +301,12 @@ class MapTrainConfig:
             if not isinstance(self.checkpoint_dir, (str, os.PathLike)):
                 raise bad("checkpoint_dir", "None or a path")
             self.checkpoint_dir = str(self.checkpoint_dir)
+
+    @classmethod
+    def published(cls, **overrides) -> MapTrainConfig:
+        """The published objective λ = (0.1, 0.1, 0.01) with the absolute curvature penalty (:data:`PUBLISHED_OBJECTIVE`);
+        ``overrides`` set any other field."""
+        return cls(**{**PUBLISHED_OBJECTIVE, **overrides})
 
     def result_fields(self) -> dict:
         """The fields that determine the result (everything but device and checkpointing)."""

@@ -613,42 +613,81 @@ def mi_neural(
     test_mask: torch.Tensor | None = None,
     seed: int = 0,
     val_fraction: float = 0.2,
+    groups=None,
     **kw,
 ) -> float:
     """Held-out neural MI bound (MINE / InfoNCE / SMILE…) from :func:`msma_lens.analysis.mi.estimate_mi`, in nats.
 
-    Rows are split at random (``seed``) into train and test (``test_fraction``) unless ``test_mask`` (bool [n],
-    True = held out) gives the split, e.g. by document. A random ``val_fraction`` of the non-test rows is set
-    aside for early stopping, so the test rows are read only once (``val_fraction=0``: select on the test rows,
-    slightly optimistic). ``kw`` go to ``estimate_mi`` (steps, batch_size…).
+    The critic is trained on the train split only, early-stopped on the validation split and read once on the
+    test split (the value returned). Splits:
+
+    * ``groups`` (one id per row, e.g. the document of each token): whole groups go to test (``test_fraction``
+      of the groups), validation (``val_fraction`` of the rest) and train, from a seeded permutation of the
+      distinct groups, so no document has rows in two splits (tokens of one document are dependent: a random
+      row split leaks them into the test rows);
+    * ``test_mask`` (bool [n], True = held out): the test split is given, validation rows are drawn at random
+      from the rest;
+    * neither: rows are split at random (``seed``): only right for independent rows.
+
+    ``val_fraction=0``: select on the test split (slightly optimistic). ``kw`` go to ``estimate_mi`` (steps,
+    batch_size…; its defaults are the calibrated ones, see :mod:`msma_lens.analysis.mi`).
     """
     from .mi import estimate_mi  # lazy: the critic machinery is only needed here
 
     X, Y = _pair(X, Y, "mi_neural", min_n=4)
     n = X.shape[0]
-    if test_mask is None:
-        if not 0.0 < test_fraction < 1.0:
-            raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        n_test = max(1, int(round(test_fraction * n)))
-        test = torch.zeros(n, dtype=torch.bool)
-        test[perm[:n_test]] = True
-    else:
-        test = torch.as_tensor(test_mask, dtype=torch.bool).cpu().reshape(-1)
-        if test.numel() != n:
-            raise ConfigError(f"test_mask has {test.numel()} entries, X and Y have {n} rows")
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    rest = (~test).nonzero().flatten()
-    n_val = int(round(val_fraction * rest.numel()))
-    val = torch.zeros(n, dtype=torch.bool)
-    val[rest[torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed + 1))[:n_val]]] = True
+    if groups is not None:
+        if test_mask is not None:
+            raise ConfigError("mi_neural: pass groups or test_mask, not both")
+        test, val = _group_split(groups, n, test_fraction, val_fraction, seed)
+    else:
+        if test_mask is None:
+            if not 0.0 < test_fraction < 1.0:
+                raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            n_test = max(1, int(round(test_fraction * n)))
+            test = torch.zeros(n, dtype=torch.bool)
+            test[perm[:n_test]] = True
+        else:
+            test = torch.as_tensor(test_mask, dtype=torch.bool).cpu().reshape(-1)
+            if test.numel() != n:
+                raise ConfigError(f"test_mask has {test.numel()} entries, X and Y have {n} rows")
+        rest = (~test).nonzero().flatten()
+        n_val = int(round(val_fraction * rest.numel()))
+        val = torch.zeros(n, dtype=torch.bool)
+        val[rest[torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed + 1))[:n_val]]] = True
     train = ~test & ~val
     test, val, train = test.to(X.device), val.to(X.device), train.to(X.device)
     kw.setdefault("device", X.device)
-    if n_val:
+    if bool(val.any()):
         kw.update(x_val=X[val], y_val=Y[val])
     return float(estimate_mi(X[train], Y[train], X[test], Y[test], estimator=estimator, seed=seed, **kw).estimate)
+
+
+def _group_split(groups, n: int, test_fraction: float, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(test, val) row masks holding whole groups: a seeded permutation of the distinct groups, test groups
+    first, then validation groups (``val_fraction`` of the remaining groups), the rest train."""
+    g = np.asarray(groups.detach().cpu() if hasattr(groups, "detach") else groups).reshape(-1)
+    if g.size != n:
+        raise ConfigError(f"groups has {g.size} entries, X and Y have {n} rows")
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    uniq, inv = np.unique(g, return_inverse=True)
+    need = 3 if val_fraction > 0 else 2
+    if uniq.size < need:
+        raise ConfigError(f"mi_neural needs at least {need} distinct groups (documents) to split train / "
+                          f"{'validation / ' if need == 3 else ''}test by group, got {uniq.size}")
+    order = np.random.default_rng(seed).permutation(uniq.size)
+    n_test = min(max(1, int(round(test_fraction * uniq.size))), uniq.size - need + 1)
+    rest = uniq.size - n_test
+    n_val = 0 if val_fraction == 0 else min(max(1, int(round(val_fraction * rest))), rest - 1)
+    split = np.zeros(uniq.size, dtype=np.int64)  # 0 train, 1 test, 2 validation
+    split[order[:n_test]] = 1
+    split[order[n_test:n_test + n_val]] = 2
+    rows = split[inv]
+    return torch.as_tensor(rows == 1), torch.as_tensor(rows == 2)
 
 
 # ----- the MSMA authors' definitions (papers.md §A.6) --------------------------------------------------------

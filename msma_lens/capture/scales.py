@@ -144,6 +144,16 @@ class Scales:
         return cls(groups, n_layers=p["n_layers"], source=f"preset {name} ({p['source']})")
 
     @classmethod
+    def discover(cls, model, corpus=None, **kwargs):
+        """Discover the partition from data (MSPGT's layer-boundary method): see
+        :func:`msma_lens.analysis.discovery.discover_scales`, which takes the same arguments (``n_scales=3``,
+        ``max_docs``, ``probes``, ``n_boot``, ``seed``, ``device``, ``progress``, ...). Returns a
+        :class:`~msma_lens.analysis.discovery.ScaleDiscovery`; its ``.scales`` is the partition."""
+        from ..analysis.discovery import discover_scales  # late binding: capture may not import analysis at load time
+
+        return discover_scales(model, corpus, **kwargs)
+
+    @classmethod
     def coerce(cls, spec, n_layers: int) -> Scales:
         """Accept a Scales, a preset name, a mapping of layers, or None (default thirds) and validate it."""
         if spec is None:

