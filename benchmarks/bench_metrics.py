@@ -1,6 +1,9 @@
 """Benchmark msma_lens.analysis.metrics at n=4096, d=576 (single thread, CPU process time) against the ``dcor`` package.
 
-Usage: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_metrics.py [--n 4096 --d 576 --n-small 512 --no-write]``
+Usage: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_metrics.py [--n 4096 --d 576 --n-small 512 --repeats 3 --no-write]``
+
+Every timing is of warm calls: one untimed call on the same inputs first (numba compilation, array-API dispatch
+and allocator warm-up in ``dcor``; the same for ours), then ``--repeats`` timed calls, reported as min and median.
 
 The ``dcor`` calls run in a child process with a 16 GiB address-space limit: dcor 0.7 takes its naive broadcasting
 path for multivariate inputs and tries to allocate n·n·d float64 (72 GiB at n=4096, d=576), which must fail with
@@ -18,6 +21,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -34,17 +38,22 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 MEM_LIMIT = 16 * 2**30
 
 CHILD = r"""
-import json, sys, time
+import json, statistics, sys, time
 import numpy as np
 import dcor
 out = {"dcor_version": dcor.__version__}
-dcor.u_distance_correlation_sqr(np.random.randn(8, 3), np.random.randn(8, 2))  # warm-up (numba, array API)
+repeats = int(sys.argv[5])
 for tag, px, py in (("large", sys.argv[1], sys.argv[2]), ("small", sys.argv[3], sys.argv[4])):
     x, y = np.load(px), np.load(py)
     t = time.process_time()
     try:
-        v = float(dcor.u_distance_correlation_sqr(x, y))
-        out[tag] = {"value": v, "cpu_s": time.process_time() - t}
+        v = float(dcor.u_distance_correlation_sqr(x, y))  # untimed warm-up call on these very inputs
+        times = []
+        for _ in range(repeats):
+            t = time.process_time()
+            dcor.u_distance_correlation_sqr(x, y)
+            times.append(time.process_time() - t)
+        out[tag] = {"value": v, "cpu_s": min(times), "cpu_s_median": statistics.median(times)}
     except BaseException as e:  # MemoryError expected at n=4096, d=576
         out[tag] = {"error": f"{type(e).__name__}: {e}"[:200], "cpu_s": time.process_time() - t}
 print(json.dumps(out))
@@ -57,7 +66,7 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
 
 
-def run_dcor_child(large: tuple[np.ndarray, np.ndarray], small: tuple[np.ndarray, np.ndarray]) -> dict:
+def run_dcor_child(large: tuple[np.ndarray, np.ndarray], small: tuple[np.ndarray, np.ndarray], repeats: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, a in enumerate((*large, *small)):
@@ -67,7 +76,7 @@ def run_dcor_child(large: tuple[np.ndarray, np.ndarray], small: tuple[np.ndarray
         env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
             r = subprocess.run(
-                [sys.executable, "-c", CHILD, *paths],
+                [sys.executable, "-c", CHILD, *paths, str(repeats)],
                 capture_output=True,
                 text=True,
                 env=env,
@@ -81,10 +90,23 @@ def run_dcor_child(large: tuple[np.ndarray, np.ndarray], small: tuple[np.ndarray
         return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def timed(fn, *a, **kw) -> tuple[float, float]:
-    t = time.process_time()
+REPEATS = 3
+
+
+def timed3(fn, *a, **kw) -> tuple[float, float, float]:
+    """``(value, min CPU s, median CPU s)`` over ``REPEATS`` warm calls (one untimed call first)."""
     v = fn(*a, **kw)
-    return float(v), time.process_time() - t
+    times = []
+    for _ in range(REPEATS):
+        t = time.process_time()
+        fn(*a, **kw)
+        times.append(time.process_time() - t)
+    return float(v), min(times), statistics.median(times)
+
+
+def timed(fn, *a, **kw) -> tuple[float, float]:
+    """``(value, min CPU s)`` over ``REPEATS`` warm calls."""
+    return timed3(fn, *a, **kw)[:2]
 
 
 def data(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,26 +123,32 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--d", type=int, default=576)
     ap.add_argument("--n-small", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3, help="timed warm calls per measurement (min and median reported)")
     ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = ap.parse_args()
+    global REPEATS
+    REPEATS = max(1, args.repeats)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", M.SampleSizeWarning)
     n, d, ns = args.n, args.d, args.n_small
     X, Y, Z = data(n, d)
-    lines = [f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, CPU process time (s)", ""]
+    lines = [f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, CPU process time (s) of "
+             f"warm calls: min of {REPEATS} after one untimed call (median in brackets where shown)", ""]
 
     # 1. bias-corrected dCor: ours vs dcor at n and at n_small
-    ours_big, t_big = timed(M.dcor_u, X, Y)
-    ours_small, t_small = timed(M.dcor_u, X[:ns], Y[:ns])
-    child = run_dcor_child((X.numpy(), Y.numpy()), (X[:ns].numpy(), Y[:ns].numpy()))
-    lines += [f"### dcor_u (bias-corrected dCor²) vs dcor {child.get('dcor_version', '?')}", ""]
-    lines += ["| n | d | msma_lens value | msma_lens s | dcor value | dcor s | speed-up |", "|---|---|---|---|---|---|---|"]
-    for tag, nn, v, t in (("large", n, ours_big, t_big), ("small", ns, ours_small, t_small)):
+    ours_big, t_big, med_big = timed3(M.dcor_u, X, Y)
+    ours_small, t_small, med_small = timed3(M.dcor_u, X[:ns], Y[:ns])
+    child = run_dcor_child((X.numpy(), Y.numpy()), (X[:ns].numpy(), Y[:ns].numpy()), REPEATS)
+    lines += [f"### dcor_u (bias-corrected dCor²) vs dcor {child.get('dcor_version', '?')} (warm calls, same process each)", ""]
+    lines += ["| n | d | msma_lens value | msma_lens s (median) | dcor value | dcor s (median) | speed-up (min/min) |",
+              "|---|---|---|---|---|---|---|"]
+    for tag, nn, v, t, tm in (("large", n, ours_big, t_big, med_big), ("small", ns, ours_small, t_small, med_small)):
         c = child.get(tag, {"error": child.get("error", "?")})
         if "error" in c:
-            lines.append(f"| {nn} | {d} | {v:.6f} | {t:.3f} | failed: {c['error']} | {c.get('cpu_s', float('nan')):.2f} | – |")
+            lines.append(f"| {nn} | {d} | {v:.6f} | {t:.3f} ({tm:.3f}) | failed: {c['error']} | {c.get('cpu_s', float('nan')):.2f} | – |")
         else:
-            lines.append(f"| {nn} | {d} | {v:.6f} | {t:.3f} | {c['value']:.6f} | {c['cpu_s']:.2f} | {c['cpu_s'] / t:.1f}× |")
+            lines.append(f"| {nn} | {d} | {v:.6f} | {t:.3f} ({tm:.3f}) | {c['value']:.6f} | {c['cpu_s']:.3f} "
+                         f"({c['cpu_s_median']:.3f}) | {c['cpu_s'] / t:.1f}× |")
 
     # 2. all metrics at n, d: value on the aligned pair, value on an independent pair, CPU time
     lines += ["", f"### metrics at n={n}, d={d} (aligned Y = (X + 0.5·noise)Q; independent Z)", ""]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -272,8 +273,27 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Stages:
+    """Wall time of each stage of a command: ``with stages("capture"): ...``; :meth:`line` summarises them."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+
+    def line(self) -> str:
+        return "stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.times.items())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: capture per-scale activations of the corpus and write a summary + HTML report."""
+    from .io.artifacts import write_json_atomic
     from .io.models import load_model
     from .lens import MSMA
     from .report.summary import format_summary, scale_statistics, write_html
@@ -283,31 +303,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    stages = _Stages()
     texts, label = _texts(args.texts, args.max_docs)
-    model = load_model(args.model, device=args.device, backend=args.backend)
-    lens = MSMA(model, args.scales)
+    with stages("load model"):
+        model = load_model(args.model, device=args.device, backend=args.backend)
+        lens = MSMA(model, args.scales)
     if cfg is not None:
         _check_pairs(lens, cfg, args)
     if not args.skip_steer and args.use_scales:
         _check_scale_names(lens, args.use_scales, "--use-scales")
     print(f"{lens!r}: {len(texts)} documents from the {label}")
-    acts = lens.capture(texts, pooling="token", batch_size=args.batch_size, progress=args.progress)
-    acts.save(out / "activations")
-    stats = scale_statistics(acts)
-    summary = format_summary(stats, acts.meta)
-    write_text_atomic(out / "summary.txt", summary + "\n")
-    from .io.artifacts import write_json_atomic
-
-    write_json_atomic(out / "scale_stats.json", {"stats": stats, "meta": acts.meta})
-    write_html(stats, out / "scales.html")
+    with stages("capture"):
+        acts = lens.capture(texts, pooling="token", batch_size=args.batch_size, progress=args.progress)
+        acts.save(out / "activations")
+    with stages("scale report"):
+        stats = scale_statistics(acts)
+        summary = format_summary(stats, acts.meta)
+        write_text_atomic(out / "summary.txt", summary + "\n")
+        write_json_atomic(out / "scale_stats.json", {"stats": stats, "meta": acts.meta})
+        write_html(stats, out / "scales.html")
     print(summary)
     if cfg is not None:
-        _fit_and_report(lens, acts, cfg, args, out)
+        _fit_and_report(lens, acts, cfg, args, out, stages)
     if not args.skip_steer:
         if tl.is_encoder(model):
             print("steering skipped: encoder models do not generate")
         else:
-            _steer_and_report(lens, args, out)
+            with stages("steering"):
+                _steer_and_report(lens, args, out)
+    print(stages.line())
+    write_json_atomic(out / "timings.json", {"stages_s": stages.times, "total_s": time.time() - t0})
     print(f"wrote {out} in {time.time() - t0:.0f} s")
     return 0
 
@@ -325,18 +350,30 @@ def _align_cfg(args: argparse.Namespace):
     return AlignConfig(train=train, max_train_rows=args.max_train_rows, **kw)
 
 
-def _fit_and_report(lens, acts, cfg, args: argparse.Namespace, out: Path) -> None:
-    """Fit maps, run the ablations, write artifacts + tables + HTML into ``out``."""
-    result = lens.fit(acts, cfg, progress=args.progress)
-    result.save(out / "alignment")
-    write_text_atomic(out / "alignment.txt", result.table() + "\n")
+def _fit_and_report(lens, acts, cfg, args: argparse.Namespace, out: Path, stages: _Stages | None = None) -> None:
+    """Tune (``--tune-trials``), fit maps, run the ablations, write artifacts + tables + HTML into ``out``."""
+    stages = stages or _Stages()
+    if getattr(args, "tune_trials", 0):
+        from .align.tuning import TuneConfig
+
+        with stages("tune"):
+            tuned = lens.tune(acts, cfg, TuneConfig(n_trials=args.tune_trials, seed=cfg.seed), storage=out / "tuning" / "study",
+                              progress=args.progress)
+            tuned.save(out / "tuning")
+        print(tuned.table())
+        cfg = tuned.align_config(cfg)
+    with stages("fit"):
+        result = lens.fit(acts, cfg, progress=args.progress)
+        result.save(out / "alignment")
+        write_text_atomic(out / "alignment.txt", result.table() + "\n")
     print(result.table())
     print("selected maps (validation residual): " + ", ".join(f"{k}: {v}" for k, v in result.selected.items()))
     if args.seeds:
-        ab = lens.ablate(acts, cfg, seeds=args.seeds, progress=args.progress)
-        ab.save(out / "ablation")
-        ab.write_html(out / "ablation.html")
-        write_text_atomic(out / "ablation.txt", ab.table() + "\n")
+        with stages("ablations"):
+            ab = lens.ablate(acts, cfg, seeds=args.seeds, progress=args.progress)
+            ab.save(out / "ablation")
+            ab.write_html(out / "ablation.html")
+            write_text_atomic(out / "ablation.txt", ab.table() + "\n")
         print(ab.table())
 
 
@@ -671,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--skip-fit", action="store_true")
     r.add_argument("--skip-steer", action="store_true")
     _fit_args(r)
+    r.add_argument("--tune-trials", type=_int_at_least(0), default=0,
+                   help="Optuna trials per map pair before fitting (0: fit the default objective untuned)")
     _steer_args(r, n_prompts=8)
     r.set_defaults(seeds="")
     r.set_defaults(fn=cmd_run, check=_check_steer_args, parser=r)

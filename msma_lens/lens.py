@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from . import tl
-from .align.protocol import VARIANTS, AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
+from . import plugins, tl
+from .align.protocol import ABLATION_SEEDS, VARIANTS, AblationResult, AlignConfig, AlignmentResult, fit_alignment, run_ablations
 from .align.tuning import TuneConfig, TuningResult, tune_alignment
 from .capture import hookpoints
 from .capture.activations import DEFAULT_OUTLIER_FACTOR, ScaleActivations, check_outlier_factor
@@ -125,9 +125,9 @@ class MSMA:
         return tune_alignment(self._acts(acts, texts, "this lens", progress), cfg, tune, storage=storage, progress=progress)
 
     def ablate(self, acts: ScaleActivations | None = None, cfg: AlignConfig | None = None, *,
-               texts: Sequence[str] | None = None, variants: tuple[str, ...] = VARIANTS, seeds: tuple[int, ...] = (0, 1, 2),
+               texts: Sequence[str] | None = None, variants: tuple[str, ...] = VARIANTS, seeds: tuple[int, ...] = ABLATION_SEEDS,
                level: float = 0.95, progress: bool = True) -> AblationResult:
-        """Baseline / closed form / full / no-geometry / no-information / no-curvature over ``seeds``.
+        """Baseline / closed form / full / published / no-geometry / no-information / no-curvature over ``seeds``.
 
         See :func:`msma_lens.align.protocol.run_ablations`.
         """
@@ -230,8 +230,6 @@ class MSMA:
         ``acts=None`` captures the bundled corpus (token pooling, as :meth:`fit`); the activations must come from
         this lens's model and scales. Equivalent to ``plugins.run(name, self, acts=acts, **options)``.
         """
-        from msma_lens import plugins  # the plugin layer sits above the lens; imported on use only
-
         return plugins.run(name, self, acts=self._acts(acts, None, f"plugin {name!r} with this lens"), **options)
 
     def __repr__(self) -> str:

@@ -315,9 +315,8 @@ def _jsonable(v: Any) -> Any:
 
 
 def _is_lens(obj: Any) -> bool:
-    from .lens import MSMA
-
-    return isinstance(obj, MSMA)
+    """An :class:`~msma_lens.MSMA` lens, recognised by duck typing (the lens layer sits above the plugin registry)."""
+    return all(hasattr(obj, a) for a in ("model", "scales", "capture", "provenance")) and not isinstance(obj, ScaleActivations)
 
 
 def run(name: str, data: Any, /, *, acts: ScaleActivations | None = None, **options: Any) -> Any:

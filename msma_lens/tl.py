@@ -346,20 +346,44 @@ def context_length(model: Any) -> int:
     return int(n) if n else 2048
 
 
+class _StopForward(Exception):
+    """Raised by the caching hook once every requested name has fired: nothing later in the pass is needed."""
+
+
 def run_with_cache(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor, names: list[str],
                    stop_at_layer: int | None) -> dict[str, torch.Tensor]:
-    """Cache ``names`` for one batch, stopping after block ``stop_at_layer - 1``. Checks every name fired."""
+    """Cache ``names`` for one batch and check every name fired.
+
+    The forward pass ends as soon as the last of ``names`` has fired (a private exception raised from its
+    hook), so no block or module above it runs: with the top block's residual cached, the final norm and the
+    unembedding are skipped on HookedTransformer and on the bridge alike. ``stop_at_layer`` (< n_layers) is
+    also passed to TransformerLens, which stops before block ``stop_at_layer``. The cached tensors are those
+    of a full forward pass (the pass is only cut short after they were computed).
+    """
     validate_hook_names(model, names)
-    wanted = set(names)
-    kwargs: dict[str, Any] = {"names_filter": lambda n: n in wanted, "return_type": None}
-    if stop_at_layer is not None:
+    wanted = list(dict.fromkeys(names))
+    cache: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str) -> Callable:
+        def keep(x: torch.Tensor, hook: Any) -> None:
+            cache[name] = x.detach()
+            if len(cache) == len(wanted):
+                raise _StopForward
+        return keep
+
+    kwargs: dict[str, Any] = {"names_filter": lambda n: False, "return_type": None}
+    if stop_at_layer is not None and stop_at_layer < n_layers(model):
         kwargs["stop_at_layer"] = stop_at_layer
-    try:
-        _, cache = model.run_with_cache(tokens, attention_mask=attention_mask, **kwargs)
-    except TypeError:
-        # very old HT signatures do not take return_type=None with stop_at_layer
-        kwargs.pop("return_type")
-        _, cache = model.run_with_cache(tokens, attention_mask=attention_mask, **kwargs)
+    with model.hooks(fwd_hooks=[(n, keeper(n)) for n in wanted]):
+        try:
+            try:
+                model.run_with_cache(tokens, attention_mask=attention_mask, **kwargs)
+            except TypeError:
+                # very old HT signatures do not take return_type=None with stop_at_layer
+                kwargs.pop("return_type")
+                model.run_with_cache(tokens, attention_mask=attention_mask, **kwargs)
+        except _StopForward:
+            pass
     missing = [n for n in names if n not in cache]
     if missing:
         raise HookError(f"hook(s) {missing} never fired during the forward pass{_saelens_note(model)}")

@@ -431,6 +431,11 @@ def test_heldout_mi_is_a_fresh_critic_trained_on_train_and_read_on_test(planted,
     off = fit_alignment(planted[0], dataclasses.replace(cfg, mi_test_steps=0), progress=False)
     assert len(calls) == 2 and all(math.isnan(m["mi_test"]) for m in off.metrics.values())
     assert "held-out MI: not computed (AlignConfig.mi_test_steps = 0)" in off.table()
+    # too few held-out rows for a critic: a warning naming the split, NaN, and the fit still completes
+    tiny = _planted(n_docs=12, T=14)[0]
+    with pytest.warns(UserWarning, match=r"held-out MI not computed: .*split has \d+ rows \(< 16\)"):
+        small = fit_alignment(tiny, dataclasses.replace(cfg, held_out=0.1, val_fraction=0.1), progress=False)
+    assert all(math.isnan(m["mi_test"]) for m in small.metrics.values()) and "rows (< 16))" in small.table()
 
 
 def test_old_artifacts_with_mi_heldout_still_load_and_print(fitted, tmp_path):

@@ -394,3 +394,145 @@ def test_encoder_token_ids_exclude_cls_and_sep():
     assert len(ids) == int(mask.sum()) - 2 * 3  # [CLS] and [SEP] of each document excluded
     assert torch.equal(ids.doc_ids, text.doc_ids) and torch.equal(ids.positions, text.positions)
     torch.testing.assert_close(ids["high"], text["high"], atol=1e-5, rtol=1e-5)
+
+
+# ----- nothing above the highest cached hook runs ------------------------------------------------------------
+def test_capture_of_every_layer_skips_final_norm_and_unembed_with_identical_activations(tiny_model):
+    n = _tl.n_layers(tiny_model)
+    every = Scales.from_ranges({"low": (0, n // 2 - 1), "high": (n // 2, n - 1)})
+    calls = []
+    handles = [getattr(tiny_model, m).register_forward_pre_hook(lambda mod, args, m=m: calls.append(m))
+               for m in ("ln_final", "unembed")]
+    try:
+        acts = capture(tiny_model, every, TEXTS, progress=False, batch_size=1, layer_agg="last")
+        assert calls == []  # the final norm and the unembedding never ran
+        tiny_model(_tl.to_tokens(tiny_model, TEXTS[:1])[0])
+        assert sorted(set(calls)) == ["ln_final", "unembed"]  # the counting hooks do see a full pass
+    finally:
+        for h in handles:
+            h.remove()
+    # oracle: TransformerLens' own full forward pass (logits computed), same rows
+    names = {s: _tl.resid_name(tiny_model, every[s][-1]) for s in every.names}
+    for i, text in enumerate(TEXTS):
+        toks, _, _ = _tl.to_tokens(tiny_model, [text])
+        _, cache = tiny_model.run_with_cache(toks, names_filter=lambda k: k in names.values())
+        for s in every.names:
+            assert torch.equal(acts[s][acts.doc_ids == i], cache[names[s]][0, 1:].float()), (s, i)
+    assert _tl.count_attached_hooks(tiny_model) == 0
+
+
+def test_run_with_cache_stops_after_the_last_requested_hook(tiny_model):
+    fired = []
+    n = _tl.n_layers(tiny_model)
+    toks, mask, _ = _tl.to_tokens(tiny_model, TEXTS[:2])
+    top = _tl.resid_name(tiny_model, n - 1)
+    with tiny_model.hooks(fwd_hooks=[("blocks.1.hook_attn_out", lambda x, hook: fired.append(1))]):
+        out = _tl.run_with_cache(tiny_model, toks, mask, [_tl.resid_name(tiny_model, 0)], stop_at_layer=None)
+        assert fired == []  # block 1 never ran: the pass ended at block 0's output
+        out2 = _tl.run_with_cache(tiny_model, toks, mask, [top, _tl.resid_name(tiny_model, 0)], stop_at_layer=None)
+        assert fired == [1]
+    assert list(out2) == [top, _tl.resid_name(tiny_model, 0)] and torch.equal(out[_tl.resid_name(tiny_model, 0)],
+                                                                              out2[_tl.resid_name(tiny_model, 0)])
+    assert _tl.count_attached_hooks(tiny_model) == 0
+
+
+# ----- memory: preallocated assembly, and sharded captures consumed shard by shard ---------------------------
+_MEMORY_PROBE = r"""
+import json, re, sys
+import torch
+torch.set_num_threads(1)
+from msma_lens import Scales
+from msma_lens.capture import capture, capture_shards
+from msma_lens.io.models import load_model
+
+def status(key):
+    return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+
+def peak_of(fn):
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+    base = status("VmRSS")
+    out = fn()
+    return out, status("VmHWM") - base
+
+# many narrow scales and small batches: the returned activations (100 MiB) dwarf one batch's forward pass
+model = load_model("tiny-gpt2", backend=sys.argv[2], d_model=128, n_layers=8, seed=0)
+scales = Scales.from_ranges({f"s{i}": (i, i) for i in range(8)})
+toks = torch.randint(3, 400, (400, 64), generator=torch.Generator().manual_seed(0))
+for _ in range(2):
+    capture(model, scales, toks[:8], batch_size=8, progress=False)  # warm-up: allocator, hooks, kernels
+
+def consume():
+    sums = {s: torch.zeros(128, dtype=torch.float64) for s in scales.names}
+    n = 0
+    for part in capture_shards(model, scales, toks, sys.argv[1], batch_size=8, progress=False):
+        n += len(part)
+        for s in scales.names:
+            sums[s] += part[s].double().sum(0)
+    return n, sums
+
+(n_sharded, sums), peak_sharded = peak_of(consume)
+acts, peak_memory = peak_of(lambda: capture(model, scales, toks, batch_size=8, progress=False))
+out_bytes = sum(acts[s].numel() * acts[s].element_size() for s in scales.names)
+err = max(float((acts[s].double().sum(0) - sums[s]).abs().max()) for s in scales.names)
+print(json.dumps({"rows": len(acts), "rows_sharded": n_sharded, "out_bytes": out_bytes, "peak_sharded": peak_sharded,
+                  "peak_memory": peak_memory, "sum_err": err}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+def test_capture_peak_memory_and_sharded_capture_beyond_a_memory_cap(tmp_path):
+    import subprocess
+    import sys
+
+    from msma_lens.io.models import available_backends
+
+    res = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(tmp_path / "shards"), available_backends()[0]],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["rows"] == r["rows_sharded"] == 400 * 64  # no BOS id in these tokens: every token is a row
+    out = r["out_bytes"]  # 100 MiB of activations returned
+    # in memory: the preallocated result plus one batch (the old assembly held parts + cat + reordered copy, ~3x)
+    assert 0.9 * out <= r["peak_memory"] <= 1.5 * out, r
+    # sharded and consumed shard by shard: the whole result is never in memory (measured: ~7 MiB); a cap of a
+    # fifth of it holds
+    cap = out / 5
+    assert r["peak_sharded"] < cap, r
+    assert r["sum_err"] < 1e-6, r  # the same activations (float64 column sums over all rows agree)
+
+
+def test_capture_shards_iterates_the_same_rows_and_assembles_the_same_result(tiny_gpt2, tmp_path):
+    from msma_lens.capture import ShardedCapture, capture_shards
+
+    full = _cap(tiny_gpt2, batch_size=2)
+    sc = capture_shards(tiny_gpt2, SCALES, TEXTS, tmp_path / "shards", batch_size=2, progress=False)
+    assert isinstance(sc, ShardedCapture) and len(sc) == len(full) and sc.n_shards == 3 and sc.scale_names == list(SCALES.names)
+    seen = 0
+    for part in sc:
+        for d in part.doc_ids.unique().tolist():  # each shard holds whole documents, rows in position order
+            rows, ref = part.doc_ids == d, full.doc_ids == d
+            assert torch.equal(part.positions[rows], full.positions[ref])
+            for s in SCALES:
+                assert torch.equal(part[s][rows], full[s][ref])
+        seen += len(part)
+    assert seen == len(full)
+    _assert_same(sc.assemble(), full)
+    assert sc.assemble().meta == full.meta
+    with pytest.raises(ConfigError, match="capture_shards needs a shard_dir"):
+        capture_shards(tiny_gpt2, SCALES, TEXTS, None)
+
+
+def test_preallocated_assembly_refuses_rows_that_do_not_match_the_plan():
+    from msma_lens.capture.collect import _Output
+
+    out = _Output([2, 1], ["a"], 3)
+    # rows arriving out of position order are sorted within their batch
+    out.write(0, {"acts.a": torch.tensor([[2.0] * 3, [1.0] * 3]), "doc_ids": torch.tensor([0, 0]), "positions": torch.tensor([2, 1])})
+    with pytest.raises(ArtifactError, match=r"batch 1: its rows do not match documents \[1\] \(expected \[1\] rows, got \[2\]\)"):
+        out.write(1, {"acts.a": torch.ones(2, 3), "doc_ids": torch.tensor([1, 1]), "positions": torch.tensor([1, 2])})
+    with pytest.raises(ArtifactError, match=r"capture incomplete: no rows for document\(s\) \[1\]"):
+        out.result({})
+    out.write(1, {"acts.a": torch.full((1, 3), 3.0), "doc_ids": torch.tensor([1]), "positions": torch.tensor([1])})
+    r = out.result({})
+    assert r.doc_ids.tolist() == [0, 0, 1] and r.positions.tolist() == [1, 2, 1] and r["a"][:, 0].tolist() == [1, 2, 3]

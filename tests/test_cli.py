@@ -55,6 +55,28 @@ def test_run_writes_summary_and_html(tmp_path, capsys):
     stats = json.loads((out / "scale_stats.json").read_text())["stats"]
     assert set(stats) == {"local", "intermediate", "global"} and stats["local"]["n_rows"] > 12
     assert ScaleActivations.load(out / "activations").meta["n_docs"] == 12
+    # every stage's wall time: printed once at the end and written next to the results
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["stages_s"]) == {"load model", "capture", "scale report", "fit", "steering"}
+    assert all(v > 0 for v in timings["stages_s"].values()) and timings["total_s"] >= sum(timings["stages_s"].values())
+    assert "stage times: load model " in capsys.readouterr().out
+
+
+def test_run_tunes_before_fitting_when_asked(tmp_path, capsys):
+    rc = main(["run", "--model", "tiny-llama", "--max-docs", "12", "--out", str(tmp_path / "o"), "--skip-steer",
+               "--tune-trials", "2", "--steps", "4", "--no-progress"])
+    assert rc == 0
+    out = tmp_path / "o"
+    from msma_lens import AlignmentResult
+    from msma_lens.align.tuning import TuningResult
+
+    tuned = TuningResult.load(out / "tuning")
+    fitted = AlignmentResult.load(out / "alignment")
+    # the fit used the tuned per-pair configs
+    for k, c in tuned.best_train_configs().items():
+        assert fitted.config["pair_train"][k]["residual_hidden"] == c.residual_hidden
+    assert set(json.loads((out / "timings.json").read_text())["stages_s"]) == {"load model", "capture", "scale report", "tune", "fit"}
+    assert "stage times: load model " in capsys.readouterr().out
 
 
 def test_errors_exit_2_with_message(tmp_path, capsys):

@@ -110,12 +110,34 @@ def test_a_killed_run_loses_only_the_unit_in_progress(tmp_path, monkeypatch):
     assert {r["n_seeds"] for r in res.tables["alignment"]} == {3}
 
 
+def test_phase1_units_use_the_discovered_partition_of_any_seed(suite, tmp_path):
+    res, out = suite
+    store = ResultStore(out)
+    disc = store.load(Unit("discovery", ("tiny-llama",), 0))["result"]["scales"]
+    sc, src = tasks.partition(store, "tiny-llama", 4)
+    assert sc.to_dict()["groups"] == disc["groups"] and src == "discovered (seed 0)"
+    al = store.load(Unit("alignment", ("tiny-llama",), 1))["result"]
+    assert al["scales"]["groups"] == disc["groups"] and al["partition"] == "discovered (seed 0)"
+    # a store whose discovery ran at seed 7 only: still found; an empty store: thirds
+    import shutil
+
+    shutil.copytree(out / "units" / "discovery--tiny-llama--seed0", tmp_path / "units" / "discovery--tiny-llama--seed7")
+    p = tmp_path / "units" / "discovery--tiny-llama--seed7"
+    for name in ("done.json", "result.json"):
+        d = json.loads((p / name).read_text())
+        d["unit"]["seed"] = 7
+        (p / name).write_text(json.dumps(d))
+    assert tasks.partition(ResultStore(tmp_path), "tiny-llama", 4)[1] == "discovered (seed 7)"
+    sc, src = tasks.partition(ResultStore(tmp_path / "empty"), "tiny-llama", 4)
+    assert sc.same_partition(ml.Scales.default(4)) and src.startswith("thirds")
+
+
 def test_store_records_wall_time_and_peak_rss(suite):
     res, out = suite
     t = res.tables["timing"]
-    assert len(t) == 9 and all(r["wall_s"] > 0 and r["peak_rss_mb"] > 50 for r in t)
+    assert len(t) == 9 and all(r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mb"] > 50 for r in t)
     d = json.loads((out / "units" / "alignment--tiny-gpt2--seed0" / "done.json").read_text())
-    assert d["unit"] == {"task": "alignment", "models": ["tiny-gpt2"], "seed": 0} and set(d["timing"]) == {"wall_s", "peak_rss_mb"}
+    assert d["unit"] == {"task": "alignment", "models": ["tiny-gpt2"], "seed": 0} and set(d["timing"]) == {"wall_s", "cpu_s", "peak_rss_mb"}
 
 
 def test_peak_rss_sees_a_transient_allocation():
@@ -289,7 +311,8 @@ def test_word_ids_map_sub_tokens_to_whitespace_words():
     seqs, specials = tl.encode(model, [text])
     w = crossmodel._word_ids(model, text, len(seqs[0]), specials[0])
     assert w[0] == -1  # BOS
-    assert sorted(set(w) - {-1}) == [0, 1, 2, 3] and w[1:] == sorted(w[1:])
+    ws = [x for x in w if x >= 0]
+    assert sorted(set(ws)) == [0, 1, 2, 3] and ws == sorted(ws)
     tok = model.tokenizer
     for k in range(4):  # the sub-tokens of word k decode to exactly that word (up to the leading space)
         ids = [i for i, x in zip(seqs[0], w) if x == k]

@@ -9,8 +9,8 @@ import pytest
 import msma_lens
 
 PKG = pathlib.Path(msma_lens.__file__).parent
-# lower layers never import higher ones: io → capture → analysis → align → steer → report → lens / plugins → compare → cli
-LAYERS = ["errors", "tl", "guard", "io", "capture", "analysis", "align", "steer", "report", "lens", "plugins", "compare",
+# lower layers never import higher ones: io → capture → analysis → align → steer → report → plugins → lens → compare → cli
+LAYERS = ["errors", "tl", "guard", "io", "capture", "analysis", "align", "steer", "report", "plugins", "lens", "compare",
           "cli"]
 SHIMS = {"_hub", "models", "corpus", "artifacts", "scales", "hookpoints", "activations", "maps", "mi", "alignment",
          "interventions", "directions", "steering", "metrics", "stats", "text", "_tl"}

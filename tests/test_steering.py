@@ -185,7 +185,7 @@ def test_run_experiment_tiny_grid(tiny_gpt2, tmp_path):
         res = run_experiment(tiny_gpt2, PROMPTS, interventions=["translate", "rescale", "noise", "attention"],
                              strengths={"translate": [2.0], "rescale": [0.5, 2.0], "noise": [1.0], "attention": [0.3]},
                              use_scales=["local", "global"], seeds=[0, 1], metrics=metrics, max_new_tokens=10, n_boot=50)
-    assert res.config["effect"] == "d_z" and res.config["ci_method"] == "BCa bootstrap over pairs"
+    assert res.config["effect"] == "d_z" and res.config["ci_method"] == "exact noncentral-t CI of δ_z (assumes normal differences)"
     assert all(r["effect_name"] == "d_z" for r in res.table)
     assert "effect: d_z = Cohen's d_z (paired" in res.format() and "%change     d_z           95% CI" in res.format()
     assert len(res.table) == 2 * 5 * len(metrics)
@@ -266,7 +266,7 @@ def test_experiment_metrics_come_from_the_text_registry(tiny_gpt2):
     assert list(inspect.signature(run_experiment).parameters) == [
         "model", "prompts", "scales", "use_scales", "interventions", "strengths", "at", "seeds", "metrics", "direction",
         "direction_seed", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "phase", "positions", "schedule",
-        "use_past_kv_cache", "batch_size", "effect", "test", "n_boot", "alpha", "progress", "baseline_check"]
+        "use_past_kv_cache", "batch_size", "effect", "test", "n_boot", "alpha", "progress", "baseline_check", "paired_ci"]
 
 
 def test_deprecated_kind_scale_runs_as_rescale(tiny_gpt2):

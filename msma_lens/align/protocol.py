@@ -24,7 +24,7 @@ from ..align.maps import PUBLISHED_OBJECTIVE, CrossScaleMap, MapTrainConfig, fit
 from ..align.procrustes import procrustes
 from ..analysis import metrics as M
 from ..analysis.mi import ESTIMATORS as MI_ESTIMATORS
-from ..analysis.mi import estimate_mi
+from ..analysis.mi import MIN_MI_SAMPLES, estimate_mi
 from ..analysis.stats import mean_ci, paired_t_test
 from ..capture.activations import DEFAULT_OUTLIER_FACTOR, ScaleActivations, check_outlier_factor
 from ..capture.scales import Scales
@@ -34,6 +34,7 @@ from ..io.artifacts import load_artifact, restore_nan, save_artifact, write_csv_
 KIND = "msma_lens.AlignmentResult"
 SELECTIONS: tuple[str, ...] = ("trained", "closed_form")
 SELECTION_RTOL = 1e-6  # the trained map must beat the closed form's validation residual by more than this
+SELECTION_KL: tuple[str, ...] = ("kl_diag", "kl_full")  # ... and be no worse on these validation KLs (select_map)
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("global", "intermediate"), ("intermediate", "local"))
 VARIANTS: tuple[str, ...] = ("baseline", "closed_form", "full", "published", "no_geometry", "no_information", "no_curvature")
 ABLATION_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -289,8 +290,9 @@ class AlignmentResult:
                          f"massive-activation rows excluded: {m.get('n_massive_excluded', 0)})")
             if "selected" in m:
                 vr = m["val_residual"]
-                lines.append(f"  selected map: {m['selected']} (validation residual: trained {vr['trained']:.4g}, "
-                             f"closed form {vr['closed_form']:.4g}; 'after' is the selected map)")
+                kl = "".join(f"; {n} {v['trained']:.4g} vs {v['closed_form']:.4g}" for n, v in m.get("val_kl", {}).items())
+                lines.append(f"  selected map: {m['selected']} (validation, trained vs closed form: residual {vr['trained']:.4g} "
+                             f"vs {vr['closed_form']:.4g}{kl}; 'after' is the selected map)")
             trained = m.get("trained", m["after"])
             lines.append(f"  {'metric':<14}{'before':>12}{'closed form':>13}{'trained':>12}{'after':>12}{'floor':>10}")
             for name in m["after"]:
@@ -410,8 +412,9 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
     """Fit the configured cross-scale maps (default f_GI and f_IL) and evaluate them on held-out documents.
 
     Per pair, the trained map (its best step chosen by validation residual) and the closed-form map are compared
-    on the validation split, never the held-out test split; the one with the lower residual is kept (a tie goes
-    to the closed form: the trained map must be better by more than a relative 1e-6) and recorded in ``metrics[pair]["selected"]`` / :attr:`AlignmentResult.selected`.
+    on the validation split, never the held-out test split (:func:`select_map`: the trained map must have a lower
+    residual, by more than a relative 1e-6, and no higher diagonal or full KL); the winner is kept and recorded in
+    ``metrics[pair]["selected"]`` / :attr:`AlignmentResult.selected`, with the validation values it was chosen on.
     ``progress``: tqdm bars on stderr over the maps and each map's training steps.
     """
     from tqdm.auto import tqdm
@@ -430,12 +433,10 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
         trained = out.map.cpu().eval()
         cf = out.closed_form or procrustes(d.X["train"], d.Y["train"])
         Xv, Yv, Xt, Yt = d.X["val"], d.Y["val"], d.X["test"], d.Y["test"]
+        selected, val = select_map(trained, cf, Xv, Yv)
+        val_res = val["residual"]
         with torch.no_grad():
-            val_res = {"trained": float(geo_loss(trained(Xv).double(), Yv.double())),
-                       "closed_form": float(geo_loss(cf.apply(Xv).double(), Yv.double()))}
             pred_trained, pred_cf = trained(Xt), cf.apply(Xt)
-        # a tie (within float noise: the trained map at step 0 *is* the closed form) goes to the closed form
-        selected = "trained" if val_res["trained"] < val_res["closed_form"] * (1 - SELECTION_RTOL) else "closed_form"
         f = trained if selected == "trained" else _closed_form_map(d.X["train"], d.Y["train"], train_cfg.manifold)
         with torch.no_grad():
             pred = f(Xt)
@@ -448,6 +449,7 @@ def fit_alignment(acts: ScaleActivations, cfg: AlignConfig | None = None, *, che
             "after": _metric_values(cfg.map_metrics, pred, Yt),
             "selected": selected,
             "val_residual": val_res,
+            "val_kl": {n: val[n] for n in SELECTION_KL},
             "pair": _metric_values(cfg.pair_metrics, Xt, Yt),
             "pair_after_map": _metric_values(cfg.pair_metrics, pred, Yt),
             "floor": {n: float(M.kl_floor(Yt, kind="diag" if n == "kl_diag" else "full")) for n in cfg.map_metrics
@@ -472,8 +474,14 @@ def _test_mi(f: CrossScaleMap, d: _Prepared, cfg: AlignConfig) -> dict:
     """Held-out MI of the selected map: ``cfg.mi_test_critics`` fresh critics (:func:`msma_lens.analysis.mi.estimate_mi`)
     trained on (f(X_train), Y_train), early-stopped on the validation documents, read once on the test documents in
     batches of up to ``max_eval_rows`` (InfoNCE cap log B). Independent of λ_info. NaN when ``cfg.mi_test_steps`` is 0."""
+    off = {"mi_test": float("nan"), "mi_test_estimator": None, "mi_test_steps": 0, "mi_test_best_step": 0}
     if cfg.mi_test_steps == 0:
-        return {"mi_test": float("nan"), "mi_test_estimator": None, "mi_test_steps": 0, "mi_test_best_step": 0}
+        return {**off, "mi_test_note": "AlignConfig.mi_test_steps = 0"}
+    small = {k: int(d.X[k].shape[0]) for k in ("train", "val", "test") if d.X[k].shape[0] < MIN_MI_SAMPLES}
+    if small:
+        note = ", ".join(f"{k} split has {n} rows" for k, n in small.items()) + f" (< {MIN_MI_SAMPLES})"
+        warnings.warn(f"held-out MI not computed: {note}", UserWarning, stacklevel=3)
+        return {**off, "mi_test_note": note}
     with torch.no_grad():
         P = {k: f(d.X[k]) for k in ("train", "val", "test")}
     r = estimate_mi(P["train"], d.Y["train"], P["test"], d.Y["test"], cfg.mi_test_estimator, x_val=P["val"], y_val=d.Y["val"],
@@ -498,10 +506,29 @@ def _mi_line(m: dict) -> str:
                        + (f"; InfoNCE cannot exceed log B = {m['mi_test_cap']:.2f}" if math.isfinite(m.get("mi_test_cap", math.nan))
                           else "") + ")")
         else:
-            out.append("  held-out MI: not computed (AlignConfig.mi_test_steps = 0)")
+            out.append(f"  held-out MI: not computed ({m.get('mi_test_note', 'AlignConfig.mi_test_steps = 0')})")
     out.append(f"  {m.get('mi_estimator', 'MI')} bound of the jointly trained critic on the validation split at the step it "
                f"chose: {joint:.3f} nats (not held out; its rise during training is the critic learning, not alignment)")
     return "\n".join(out)
+
+
+@torch.no_grad()
+def select_map(trained: CrossScaleMap, cf, X_val: torch.Tensor, Y_val: torch.Tensor) -> tuple[str, dict]:
+    """``("trained" | "closed_form", validation values)``: the trained map is kept only if its validation residual
+    is lower than the closed form's by more than :data:`SELECTION_RTOL` (a tie, such as a map that never left its
+    closed-form initialisation, goes to the closed form) *and* neither validation KL (:data:`SELECTION_KL`) is
+    higher. A map can lower the residual by shrinking its predictions towards the mean, which raises the KL
+    between predicted and target distributions; the selection refuses that trade."""
+    pt, pc = trained(X_val).double(), cf.apply(X_val).double()
+    Y = Y_val.double()
+    val = {"residual": {"trained": float(geo_loss(pt, Y)), "closed_form": float(geo_loss(pc, Y))}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.SampleSizeWarning)
+        for n in SELECTION_KL:
+            val[n] = {"trained": float(M.compute(n, pt, Y)), "closed_form": float(M.compute(n, pc, Y))}
+    better = val["residual"]["trained"] < val["residual"]["closed_form"] * (1 - SELECTION_RTOL)
+    no_worse = all(val[n]["trained"] <= val[n]["closed_form"] * (1 + SELECTION_RTOL) for n in SELECTION_KL)
+    return ("trained" if better and no_worse else "closed_form"), val
 
 
 def _closed_form_map(X: torch.Tensor, Y: torch.Tensor, manifold: str) -> CrossScaleMap:
@@ -648,12 +675,10 @@ def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, var
                     out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], _variant_cfg(cfg.train_for(k), v, seed),
                                   progress=progress, desc=f"{k} {v}")
                     cf = cf or procrustes(d.X["train"], d.Y["train"])
+                    trained = out.map.eval()
                     with torch.no_grad():
-                        trained = out.map.eval()
                         pred = trained(Xt)
-                        vr_t = float(geo_loss(trained(d.X["val"]).double(), d.Y["val"].double()))
-                        vr_c = float(geo_loss(cf.apply(d.X["val"]).double(), d.Y["val"].double()))
-                    sel = vr_t < vr_c * (1 - SELECTION_RTOL)
+                    sel = select_map(trained, cf, d.X["val"], d.Y["val"])[0] == "trained"
                     curves[f"{k} {v} seed{seed}"] = [{"step": h["step"], "val_objective": h["val_objective"],
                                                       "val_geo": h.get("val_geo")} for h in out.history]
                 bar.update()

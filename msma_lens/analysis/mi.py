@@ -63,9 +63,12 @@ __all__ = [
     "MIN_MI_SAMPLES",
     "CRITICS",
     "CriticEnsemble",
+    "CAP_STOP_RTOL",
 ]
 
 ESTIMATORS: tuple[str, ...] = ("mine", "infonce", "nwj", "smile")
+CAP_STOP_RTOL = 0.01
+"""With early stopping, an InfoNCE critic stops once its selection-split bound is within this fraction of log B."""
 CRITICS: tuple[str, ...] = ("separable", "concat")
 MIN_MI_SAMPLES = 16
 
@@ -354,7 +357,8 @@ def estimate_mi(
     ``early_stopping`` training stops after ``patience`` evaluations without improvement and the best critic is
     kept. With ``x_val``/``y_val`` (a third split, e.g. other documents) early stopping and the choice of the
     best step use the validation split and the test split is only read once, at the end (no selection leak).
-    ``n_critics`` critics (seeds ``seed + 7919·k``; member 0 is the single critic of ``n_critics=1``) are trained
+    InfoNCE with early stopping also stops once the selection bound reaches (1 − :data:`CAP_STOP_RTOL`)·log B (it
+    cannot exceed log B). ``n_critics`` critics (seeds ``seed + 7919·k``; member 0 is the single critic of ``n_critics=1``) are trained
     and early-stopped independently and their score matrices averaged (:class:`CriticEnsemble`) for the reported
     bound; the curves and ``best_step`` are member 0's. Deterministic under ``seed`` on CPU. Needs at least
     :data:`MIN_MI_SAMPLES` samples per split.
@@ -454,6 +458,7 @@ def _train_critic(xtr, ytr, xse, yse, *, estimator, steps, batch_size, lr, seed,
     """One critic trained on (xtr, ytr), evaluated every ``eval_every`` steps on the selection split, best state kept."""
     n_tr = xtr.shape[0]
     B = min(batch_size, n_tr)
+    cap = math.log(eval_batch) if estimator == "infonce" else math.inf
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = make_critic(critic, xtr.shape[1], ytr.shape[1], hidden, embed)
@@ -484,6 +489,8 @@ def _train_critic(xtr, ytr, xse, yse, *, estimator, steps, batch_size, lr, seed,
             if stopper.update(h, step):
                 best_state = copy.deepcopy(net.state_dict())
             elif stopper.should_stop:
+                break
+            if early_stopping and h >= cap * (1.0 - CAP_STOP_RTOL):  # InfoNCE at its log B ceiling: nothing left to learn
                 break
     if early_stopping:
         net.load_state_dict(best_state)

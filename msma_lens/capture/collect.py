@@ -14,7 +14,7 @@ import os
 import shutil
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +95,63 @@ def capture(
     minus [CLS]/[SEP]); ``doc_ids`` index the rows. ``corpus_sha256`` then hashes the unpadded ids. A model
     without a tokenizer needs token ids.
 
+    The output is preallocated (the row count of every document is known from its tokens) and each batch is
+    written in place at its documents' rows, so memory holds the result plus one batch. Each forward pass
+    stops right after the highest hook it reads (:func:`msma_lens.tl.run_with_cache`): no block above the
+    highest scale, and no final norm or unembedding, is computed.
+
     ``shard_dir`` streams each batch to disk (only one batch is held in memory during the forward passes) and
     resumes an interrupted run. Each shard records its batch size and document ids; on resume every shard is
     verified against the batch it should hold (a damaged one is re-captured with a warning), and a resume
     with another ``batch_size``, ``padding_side`` or configuration is refused, so the result is exactly that of
-    an uninterrupted run. The shards are read back once at the end.
+    an uninterrupted run. The shards are then read back one at a time into the preallocated output; for a
+    corpus whose activations do not fit in memory use :func:`capture_shards`, which returns the shards unread.
     """
+    opts = dict(attention_mask=attention_mask, pooling=pooling, layer_agg=layer_agg, site=site, batch_size=batch_size,
+                max_length=max_length, on_overflow=on_overflow, padding_side=padding_side, prepend_bos=prepend_bos,
+                progress=progress)
+    if shard_dir is not None:
+        return _capture(model, scales, texts, shard_dir=shard_dir, **opts).assemble()
+    return _capture(model, scales, texts, shard_dir=None, **opts)
+
+
+def capture_shards(
+    model: Any,
+    scales: Scales | str | dict | None,
+    texts: Sequence[str] | torch.Tensor,
+    shard_dir: str | os.PathLike,
+    **options: Any,
+) -> ShardedCapture:
+    """:func:`capture` into ``shard_dir`` without reading the result back: a :class:`ShardedCapture`.
+
+    Same options and resume rules as :func:`capture` (``options`` are its keyword arguments). Memory stays
+    bounded by one batch whatever the corpus size; iterate the result shard by shard, or call
+    :meth:`ShardedCapture.assemble` for the in-memory :class:`ScaleActivations` that :func:`capture` returns.
+    """
+    if shard_dir is None:
+        raise ConfigError("capture_shards needs a shard_dir (use capture() for an in-memory result)")
+    if "shard_dir" in options:
+        raise ConfigError("capture_shards: pass shard_dir once, as the fourth argument")
+    return _capture(model, scales, texts, shard_dir=shard_dir, **options)
+
+
+def _capture(
+    model: Any,
+    scales: Scales | str | dict | None,
+    texts: Sequence[str] | torch.Tensor,
+    *,
+    shard_dir: str | os.PathLike | None,
+    attention_mask: torch.Tensor | None = None,
+    pooling: str = "token",
+    layer_agg: str | int | dict = "mean",
+    site: str = "resid_post",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    on_overflow: str = "warn",
+    padding_side: str = "right",
+    prepend_bos: bool = True,
+    progress: bool = True,
+) -> ScaleActivations | ShardedCapture:
     tl.check_model(model)
     tokens_in = isinstance(texts, torch.Tensor)
     if not tokens_in:
@@ -110,7 +161,7 @@ def capture(
         texts = check_texts(texts)
     if getattr(model, "training", False):
         warnings.warn("the model is in training mode (dropout is active): call model.eval() for reproducible activations",
-                      stacklevel=2)
+                      stacklevel=3)
     scales = Scales.coerce(scales, tl.n_layers(model))
     if pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
@@ -144,7 +195,7 @@ def capture(
         msg = f"{len(too_long)} document(s) exceed {max_len} tokens (first: document {too_long[0]}, {lengths[too_long[0]]} tokens)"
         if on_overflow == "error":
             raise ConfigError(msg)
-        warnings.warn(msg + "; truncating them", stacklevel=2)
+        warnings.warn(msg + "; truncating them", stacklevel=3)
     # batch by length to limit padding; results are restored to document order
     order = sorted(range(len(seqs)), key=lambda i: lengths[i])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -166,12 +217,15 @@ def capture(
         "excluded_positions": ("attention_mask padding and a leading BOS id (encoders: [CLS]/[SEP])" if tokens_in
                                else "BOS, special tokens and padding"),
     }
-    shards = None
+    rows = [sum(1 - f for f in sp[:max_len]) if pooling == "token" else 1 for sp in specials]
+    names_out = list(scales.names)
     if shard_dir is not None:
-        rows = [sum(1 - f for f in sp[:max_len]) if pooling == "token" else 1 for sp in specials]
-        shards = _ShardStore(Path(shard_dir), meta, batch_size, batches, rows, list(scales.names))
+        shards = _ShardStore(Path(shard_dir), meta, batch_size, batches, rows, names_out)
+        sink = shards.write
+    else:
+        shards, out = None, _Output(rows, names_out, tl.d_model(model))
+        sink = out.write
     stop = max(layers) + 1
-    parts: list[dict[str, torch.Tensor]] = []
     it = range(len(batches))
     if progress:
         from tqdm.auto import tqdm
@@ -181,19 +235,19 @@ def capture(
     if temporary:
         hookpoints.attach(model, scales, site)
     try:
-        _run_batches(model, it, batches, seqs, specials, sources, plan, shards, parts, padding_side, max_len, stop,
+        _run_batches(model, it, batches, seqs, specials, sources, plan, shards, sink, padding_side, max_len, stop,
                      idx_pooling=pooling)
     finally:
         if temporary:
             hookpoints.detach(model)
     if shards is not None:
-        parts = [shards.read(b) for b in range(len(batches))]
         shards.finish()
-    return _assemble(parts, list(scales.names), meta)
+        return ShardedCapture(shards, meta)
+    return out.result(meta)
 
 
 def _run_batches(model: Any, it: Any, batches: list[list[int]], seqs: list[list[int]], specials: list[list[int]],
-                 sources: dict[str, list[str]], plan: dict[str, list[int]], shards: Any, parts: list, padding_side: str,
+                 sources: dict[str, list[str]], plan: dict[str, list[int]], shards: Any, sink: Any, padding_side: str,
                  max_len: int, stop: int, idx_pooling: str) -> None:
     wanted = list(dict.fromkeys(n for ns in sources.values() for n in ns))
     with torch.no_grad():
@@ -204,12 +258,11 @@ def _run_batches(model: Any, it: Any, batches: list[list[int]], seqs: list[list[
             toks, mask, content = tl.pad_batch(model, [seqs[i] for i in idx], [specials[i] for i in idx],
                                                 padding_side=padding_side, max_length=max_len)
             toks, mask = toks.to(tl.model_device(model)), mask.to(tl.model_device(model))
-            cache = tl.run_with_cache(model, toks, mask, wanted, stop_at_layer=stop if stop < tl.n_layers(model) else None)
+            # the pass ends right after the last hook read (no final norm / unembedding; no block above `stop`)
+            cache = tl.run_with_cache(model, toks, mask, wanted, stop_at_layer=stop)
             part = _pool_batch(cache, sources, plan, content, mask.cpu(), idx, idx_pooling)
-            if shards is not None:
-                shards.write(b, part)  # memory stays bounded by one batch until the final assembly
-            else:
-                parts.append(part)
+            del cache
+            sink(b, part)  # in place into the preallocated output, or one shard on disk
 
 
 def _sha256_token_rows(seqs: list[list[int]]) -> str:
@@ -264,12 +317,94 @@ def _pool_batch(cache: dict[str, torch.Tensor], sources: dict[str, list[str]], l
     return out
 
 
-def _assemble(parts: list[dict[str, torch.Tensor]], scale_names: list[str], meta: dict) -> ScaleActivations:
-    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    # restore document order (stable within a document)
-    order = torch.argsort(cat["doc_ids"] * (cat["positions"].max() + 2) + cat["positions"] + 1, stable=True)
-    acts = {s: cat[f"acts.{s}"][order] for s in scale_names}
-    return ScaleActivations(acts, cat["doc_ids"][order], cat["positions"][order], meta)
+class _Output:
+    """The capture's result, preallocated: ``rows_per_doc[i]`` rows for document ``i``, in document order.
+
+    :meth:`write` puts one batch's rows in place at their documents' offsets (a document's rows are contiguous,
+    in position order), so assembling never holds more than the result plus one batch.
+    """
+
+    def __init__(self, rows_per_doc: list[int], scale_names: list[str], width: int) -> None:
+        self.rows = torch.tensor(rows_per_doc, dtype=torch.long)
+        self.start = torch.cumsum(self.rows, 0) - self.rows
+        n = int(self.rows.sum())
+        self.acts = {s: torch.empty(n, width) for s in scale_names}
+        self.doc_ids = torch.empty(n, dtype=torch.long)
+        self.positions = torch.empty(n, dtype=torch.long)
+        self.written = torch.zeros(len(rows_per_doc), dtype=torch.bool)
+
+    def write(self, b: int, part: dict[str, torch.Tensor]) -> None:
+        docs, pos = part["doc_ids"], part["positions"]
+        n = docs.shape[0]
+        # rows arrive grouped by document, positions ascending; sort (one batch) only if they do not
+        same = docs[1:] == docs[:-1]
+        if n > 1 and not bool((~same | (pos[1:] > pos[:-1])).all()):
+            order = torch.argsort(docs * (pos.max() + 2) + pos + 1, stable=True)
+            part = {k: v[order] for k, v in part.items()}
+            docs, pos = part["doc_ids"], part["positions"]
+        groups, counts = torch.unique_consecutive(docs, return_counts=True)
+        if (groups.unique().numel() != groups.numel() or bool(self.written[groups].any())
+                or not torch.equal(counts, self.rows[groups])):
+            raise ArtifactError(f"batch {b}: its rows do not match documents {groups.tolist()} (expected "
+                                f"{self.rows[groups].tolist()} rows, got {counts.tolist()})")
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        dest = self.start[docs] + torch.arange(n) - first
+        for s, out in self.acts.items():
+            out.index_copy_(0, dest, part[f"acts.{s}"].to(out.dtype))
+        self.doc_ids.index_copy_(0, dest, docs)
+        self.positions.index_copy_(0, dest, pos)
+        self.written[groups] = True
+
+    def result(self, meta: dict) -> ScaleActivations:
+        if not bool(self.written.all()):
+            missing = torch.nonzero(~self.written).flatten().tolist()
+            raise ArtifactError(f"capture incomplete: no rows for document(s) {missing[:10]}")
+        return ScaleActivations(self.acts, self.doc_ids, self.positions, meta)
+
+
+class ShardedCapture:
+    """A completed sharded capture (:func:`capture_shards`): the shards on disk, read one at a time.
+
+    ``len()`` is the number of rows, ``meta`` the capture's provenance (as in :class:`ScaleActivations`),
+    ``scale_names`` its scales. Iterating yields one :class:`ScaleActivations` per shard (one batch of
+    documents, rows in document order within it; every shard verified against its planned batch), so memory
+    stays bounded by one batch. :meth:`assemble` builds the in-memory result of :func:`capture`, identical to an
+    unsharded capture, holding the result plus one shard.
+    """
+
+    def __init__(self, store: _ShardStore, meta: dict) -> None:
+        self._store, self.meta = store, meta
+        self.root = store.root
+        self.scale_names = list(store.scale_names)
+
+    def __len__(self) -> int:
+        return int(sum(self._store.rows_per_doc))
+
+    @property
+    def n_shards(self) -> int:
+        return len(self._store.batches)
+
+    def __repr__(self) -> str:
+        return f"ShardedCapture({str(self.root)!r}, rows={len(self)}, shards={self.n_shards}, scales={self.scale_names})"
+
+    def shard(self, b: int) -> ScaleActivations:
+        """Shard ``b`` as :class:`ScaleActivations` (rows sorted by document, then position)."""
+        part = self._store.read(b)
+        docs, pos = part["doc_ids"], part["positions"]
+        order = torch.argsort(docs * (pos.max() + 2) + pos + 1, stable=True)
+        return ScaleActivations({s: part[f"acts.{s}"][order] for s in self.scale_names}, docs[order], pos[order],
+                                dict(self.meta))
+
+    def __iter__(self) -> Iterator[ScaleActivations]:
+        for b in range(self.n_shards):
+            yield self.shard(b)
+
+    def assemble(self) -> ScaleActivations:
+        """All shards in one :class:`ScaleActivations`, in document order (as :func:`capture` returns)."""
+        out = _Output(self._store.rows_per_doc, self.scale_names, self._store.width)
+        for b in range(self.n_shards):
+            out.write(b, self._store.read(b))
+        return out.result(self.meta)
 
 
 class _ShardStore:

@@ -32,21 +32,23 @@ class CompareConfig:
     ``progress``: tqdm bars; ``device``: where models run.
     """
 
-    discovery_docs: int = 48
+    discovery_docs: int = 40
     discovery_boot: int = 50
     discovery_tokens: int = 1500
     discovery_probes: tuple[str, ...] = ("pos", "sentence_type", "sentiment", "topic", "register")
-    align_docs: int = 64
+    align_docs: int = 48
     align_rows: int = 4000
     align_eval_rows: int = 1024
-    align_steps: int = 150
-    steer_prompts: int = 10
-    max_new_tokens: int = 24
+    align_steps: int = 100
+    steer_prompts: int = 8
+    max_new_tokens: int = 32
     strengths: dict[str, float] = field(default_factory=lambda: {"translate": 1.0, "rescale": 1.5, "noise": 0.5,
                                                                  "attention": 2.0})
-    steer_metrics: tuple[str, ...] = ("ttr", "distinct_2", "repetition_rate", "compression_ratio", "mean_sentence_length")
-    encoder_docs: int = 48
-    cka_docs: int = 32
+    # the published table's metrics (papers.md §B.6: lexical diversity, sentence count and length, coherence) + degeneration
+    steer_metrics: tuple[str, ...] = ("ttr", "distinct_2", "sentence_count", "mean_sentence_length", "coherence",
+                                      "repetition_rate")
+    encoder_docs: int = 40
+    cka_docs: int = 24
     cka_rows: int = 1024
     align_on: str = "words"
     batch_size: int = 8

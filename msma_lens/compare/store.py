@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, MSMAError
 from ..io.artifacts import write_json_atomic
 from .units import Unit, units_dir
 
@@ -67,8 +68,22 @@ class ResultStore:
         """The records of the finished ones among ``units`` (in order)."""
         return [self.load(u) for u in units if self.is_done(u)]
 
+    def done_units(self, task: str, model: str) -> list[Unit]:
+        """The finished single-model units of ``task`` on ``model`` in this store, whatever their seed."""
+        out = []
+        for p in sorted(units_dir(self.root).glob(f"{task}--*/{DONE}")):
+            try:
+                d = json.loads(p.read_text(encoding="utf-8"))["unit"]
+                u = Unit(d["task"], tuple(d["models"]), int(d["seed"]))
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, MSMAError):
+                continue
+            if u.models == (model,) and p.parent.name == u.key:
+                out.append(u)
+        return out
+
     def shard_dir(self, model: str, what: str) -> Path:
-        return self.root / "shards" / Unit("discovery", (model,)).key.split("--")[1] / what
+        """Capture shards of ``model`` (bounded memory; reused by every seed's unit), under ``<out>/shards``."""
+        return self.root / "shards" / re.sub(r"[^A-Za-z0-9._-]", "_", model) / what
 
     def clear_shards(self) -> None:
         shutil.rmtree(self.root / "shards", ignore_errors=True)

@@ -101,7 +101,8 @@ def crossmodel_table(records: Sequence[dict]) -> list[dict]:
 def timing_table(records: Sequence[dict]) -> list[dict]:
     return [{"unit": "--".join([r["unit"]["task"], "+".join(r["unit"]["models"]), f"seed{r['unit']['seed']}"]),
              "task": r["unit"]["task"], "models": "+".join(r["unit"]["models"]), "seed": r["unit"]["seed"],
-             "wall_s": r["timing"]["wall_s"], "peak_rss_mb": r["timing"]["peak_rss_mb"]} for r in records]
+             "wall_s": r["timing"]["wall_s"], "cpu_s": r["timing"].get("cpu_s"), "peak_rss_mb": r["timing"]["peak_rss_mb"]}
+            for r in records]
 
 
 def all_tables(records: Sequence[dict]) -> dict[str, list[dict]]:
@@ -136,13 +137,18 @@ def format_tables(tables: dict[str, list[dict]], max_effects: int = 12) -> str:
             lo, hi = r["effect_ci_lo"], r["effect_ci_hi"]
             ci = "[n/a]" if lo is None or not math.isfinite(lo) else f"[{lo:.2f}, {hi:.2f}]"
             ph = r["p_holm"] if r["p_holm"] is not None else float("nan")
-            lines.append(f"  {r['model']:<16}{r['scale']:<14}{r['intervention']:<11}{r['strength']:>5g}  {r['metric']:<20}"
-                         f"d_z {r['effect']:>7.2f} {ci:<16} p_holm {ph:.3g}{' *' if r['significant'] else ''}")
+            lines.append(f"  {r['model']:<16}{r['scale']:<14}{r['intervention']:<11}{r['strength']:>5g}  {r['metric']:<21}"
+                         f" d_z {r['effect']:>7.2f} {ci:<16} p_holm {ph:.3g}{' *' if r['significant'] else ''}")
     for r in tables["crossmodel"]:
         if r["best_for_a"]:
             lines.append(f"  cross-model CKA: {r['model_a']}:{r['scale_a']} best matches {r['model_b']}:{r['scale_b']} "
                          f"(debiased CKA {r['cka']:.3f}, {r['n_rows']} {r['align_on']})")
     if tables["timing"]:
         tot = sum(r["wall_s"] for r in tables["timing"])
-        lines.append(f"time in units: {tot:.0f} s; peak RSS {max(r['peak_rss_mb'] for r in tables['timing']):.0f} MiB")
+        cpu = sum(r["cpu_s"] or 0.0 for r in tables["timing"])
+        lines.append(f"time in units: {tot:.0f} s wall, {cpu:.0f} s CPU; peak RSS {max(r['peak_rss_mb'] for r in tables['timing']):.0f} MiB")
+        by_task: dict[str, float] = {}
+        for r in tables["timing"]:
+            by_task[r["task"]] = by_task.get(r["task"], 0.0) + r["wall_s"]
+        lines.append("  wall time by task: " + ", ".join(f"{k} {v:.0f} s" for k, v in by_task.items()))
     return "\n".join(lines)

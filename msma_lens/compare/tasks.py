@@ -7,6 +7,8 @@ discovery is not part of the run); the result records which.
 
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,11 @@ from ..align.procrustes import procrustes
 from ..align.protocol import AlignConfig, default_train_config, pair_key, prepare_pairs
 from ..analysis import metrics as M
 from ..analysis.discovery import discover_scales
+from ..capture.activations import ScaleActivations
 from ..capture.collect import capture
 from ..capture.scales import Scales
-from ..errors import ConfigError, DegenerateBaselineError
+from ..errors import ArtifactError, ConfigError, DegenerateBaselineError
+from ..io.artifacts import load_artifact, save_artifact, sha256_texts, write_json_atomic
 from ..io.corpus import load_corpus
 from ..io.models import load_model
 from ..steer.experiment import run_experiment
@@ -48,11 +52,12 @@ def get_model(name: str, device: str | None = None) -> Any:
     return _CACHE[key]
 
 
-def partition(store: ResultStore, model_name: str, n_layers: int, seed: int) -> tuple[Scales, str]:
-    """The discovered partition of ``model_name`` when its discovery unit is done, else thirds of the depth."""
-    u = Unit("discovery", (model_name,), seed)
-    if store.is_done(u):
-        return Scales.from_dict(store.load(u)["result"]["scales"]), "discovered"
+def partition(store: ResultStore, model_name: str, n_layers: int) -> tuple[Scales, str]:
+    """The partition of ``model_name`` found by its discovery unit in this store (the lowest seed, when several are),
+    else thirds of the depth."""
+    done = sorted(store.done_units("discovery", model_name), key=lambda u: u.seed)
+    if done:
+        return Scales.from_dict(store.load(done[0])["result"]["scales"]), f"discovered (seed {done[0].seed})"
     return Scales.default(n_layers), "thirds (no discovery unit in this run)"
 
 
@@ -104,7 +109,7 @@ def task_alignment(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Pat
     Gaussian MI, dCor² and debiased CKA against the target scale; the KL floor of the target at the same n and d."""
     name = unit.models[0]
     model = get_model(name, cfg.device)
-    scales, source = partition(store, name, tl.n_layers(model), 0)
+    scales, source = partition(store, name, tl.n_layers(model))
     if len(scales) < 2:
         raise ConfigError(f"alignment needs >= 2 scales, the partition of {name} has {len(scales)}")
     texts = [d.text for d in _docs(cfg.align_docs, 0)]  # the same capture for every seed: seeds draw the splits
@@ -147,7 +152,7 @@ def task_steering(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Path
     :func:`msma_lens.compare.effects.representation_effects` on the last-layer embedding."""
     name = unit.models[0]
     model = get_model(name, cfg.device)
-    scales, source = partition(store, name, tl.n_layers(model), unit.seed)
+    scales, source = partition(store, name, tl.n_layers(model))
     info = {**_model_info(model, name), "scales": scales.to_dict(), "partition": source, "seed": unit.seed}
     if tl.is_encoder(model):
         docs = _docs(cfg.encoder_docs, unit.seed)
@@ -175,21 +180,53 @@ def task_steering(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Path
 def task_crossmodel(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Path) -> dict:
     na, nb = unit.models
     texts = [d.text for d in _docs(cfg.cka_docs, unit.seed)]
-    # one model in memory at a time: a's activations, then b's (get_model keeps only the last model loaded)
-    kw = dict(align_on=cfg.align_on, max_rows=cfg.cka_rows, seed=unit.seed, batch_size=cfg.batch_size)
-    ma = get_model(na, cfg.device)
-    sa, src_a, enc_a = *partition(store, na, tl.n_layers(ma), unit.seed), bool(tl.is_encoder(ma))
-    side_a = crossmodel.side_activations(ma, texts, **kw)
-    del ma
-    mb = get_model(nb, cfg.device)
-    sb, src_b, enc_b = *partition(store, nb, tl.n_layers(mb), unit.seed), bool(tl.is_encoder(mb))
-    side_b = crossmodel.side_activations(mb, texts, **kw)
-    joined = crossmodel.join_sides(side_a, side_b, max_rows=cfg.cka_rows, seed=unit.seed)
+    # one model in memory at a time; each model's side is computed once and kept in the store's shards, so the
+    # pairs of a 4-model suite run 4 forward passes, not 12
+    sides, info = [], []
+    for name in (na, nb):
+        side, meta = _cka_side(name, texts, cfg, store, unit.seed)
+        sides.append(side)
+        info.append(meta)
+    joined = crossmodel.join_sides(*sides, max_rows=cfg.cka_rows, seed=unit.seed)
+    sa, sb = (Scales.from_dict(m["scales"]) for m in info)
     mat = crossmodel.cka_matrix(joined)
-    return {"models": [na, nb], "encoders": [enc_a, enc_b], "align_on": cfg.align_on,
+    return {"models": [na, nb], "encoders": [m["encoder"] for m in info], "align_on": cfg.align_on,
             "n_rows": len(joined), "n_docs": len(texts), "matrix": mat.tolist(), "best_match": crossmodel.best_match(mat),
-            "scales": [sa.to_dict(), sb.to_dict()], "partitions": [src_a, src_b],
+            "scales": [sa.to_dict(), sb.to_dict()], "partitions": [m["partition"] for m in info],
             "scale_matrix": crossmodel.scale_matrix(mat, sa, sb)}
+
+
+SIDE_KIND = "msma_lens.CompareCkaSide"
+
+
+def _cka_side(name: str, texts: list[str], cfg: CompareConfig, store: ResultStore, seed: int) -> tuple[Any, dict]:
+    """One model's per-layer rows for cross-model CKA, cached in ``<out>/shards/<model>/cka-...`` (an artifact)."""
+    key = f"cka-{cfg.align_on}-{sha256_texts(texts)[:12]}-{cfg.cka_rows}-{seed}"
+    path = store.shard_dir(name, key)
+    if path.is_dir():
+        try:
+            if cfg.align_on == "documents":
+                acts = ScaleActivations.load(path / "acts")
+                return acts, json.loads((path / "meta.json").read_text(encoding="utf-8"))
+            t, c = load_artifact(path / "words", SIDE_KIND)
+            rows = {(int(d), int(w)): i for i, (d, w) in enumerate(t["keys"].tolist())}
+            return (rows, t["acts"]), c["meta"]
+        except (ArtifactError, OSError, KeyError, json.JSONDecodeError):
+            shutil.rmtree(path, ignore_errors=True)  # damaged or partial: recompute
+    model = get_model(name, cfg.device)
+    sc, src = partition(store, name, tl.n_layers(model))
+    meta = {"scales": sc.to_dict(), "partition": src, "encoder": bool(tl.is_encoder(model))}
+    side = crossmodel.side_activations(model, texts, align_on=cfg.align_on, max_rows=cfg.cka_rows, seed=seed,
+                                       batch_size=cfg.batch_size)
+    path.mkdir(parents=True, exist_ok=True)
+    if cfg.align_on == "documents":
+        side.save(path / "acts")
+        write_json_atomic(path / "meta.json", meta)
+    else:
+        rows, H = side
+        keys = torch.tensor(sorted(rows, key=rows.get), dtype=torch.long).reshape(-1, 2)
+        save_artifact(path / "words", SIDE_KIND, {"acts": H.contiguous(), "keys": keys}, {"meta": meta})
+    return side, meta
 
 
 __all__ = ["ALIGN_METHODS", "ALIGN_METRICS", "get_model", "partition", "run_task"]

@@ -69,7 +69,8 @@ def check_models(models: Sequence[str]) -> tuple[str, ...]:
 
 
 def plan_units(models: Sequence[str], seeds: Sequence[int] = (0,), tasks: Sequence[str] = TASKS) -> list[Unit]:
-    """The grid as units, in execution order (phase, then model, then seed). ``crossmodel`` takes every pair."""
+    """The grid as units, in execution order (phase, then model, then seed; cross-model pairs last). ``crossmodel``
+    takes every pair of models."""
     models = check_models(models)
     seeds = tuple(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
@@ -87,7 +88,9 @@ def plan_units(models: Sequence[str], seeds: Sequence[int] = (0,), tasks: Sequen
             units += [Unit(t, (a, b), ss[0]) for a, b in itertools.combinations(models, 2)]
         else:
             units += [Unit(t, (m,), s) for m in models for s in ss]
-    return sorted(units, key=lambda u: u.phase)  # stable: model order within a phase
+    # phase first; within phase 1 one model's units together (one model load each), the cross-model pairs last
+    rank = {m: i for i, m in enumerate(models)}
+    return sorted(units, key=lambda u: (u.phase, u.task == "crossmodel", rank[u.models[0]]))
 
 
 def _rss_mb() -> float:
@@ -127,7 +130,7 @@ def execute_unit(unit: Unit, cfg: dict, root: str) -> dict:
 
     The unit's directory is cleared first (a killed earlier attempt leaves no ``done`` marker), its files are
     written atomically and ``done.json`` last, so an interrupted unit is simply run again. Records the unit's
-    wall time and peak RSS. Top-level and picklable: the Ray executor ships it as a task.
+    wall and CPU time and peak RSS. Top-level and picklable: the Ray executor ships it as a task.
     """
     from .config import CompareConfig
     from .store import ResultStore
@@ -138,10 +141,12 @@ def execute_unit(unit: Unit, cfg: dict, root: str) -> dict:
         return store.load(unit)
     config = CompareConfig.from_dict(cfg)
     work = store.begin(unit)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with PeakRSS() as mem:
         result = run_task(unit, config, store, work)
-    timing = {"wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(mem.peak, 1)}
+    # CPU seconds (all threads of this process) beside wall seconds: on a shared machine the wall time overstates
+    timing = {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2),
+              "peak_rss_mb": round(mem.peak, 1)}
     store.finish(unit, result, timing)
     return store.load(unit)
 

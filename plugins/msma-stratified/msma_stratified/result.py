@@ -71,6 +71,9 @@ class StratifiedResult(AnalysisResult):
             two = np.concatenate([self.per[si, ri]["twonn"].numpy() for ri in range(len(self.seeds))])
             pca = np.concatenate([self.per[si, ri]["pca_dim"].numpy() for ri in range(len(self.seeds))])
             row["twonn_range"] = (float(np.nanmin(two)), float(np.nanmax(two))) if np.isfinite(two).any() else (math.nan, math.nan)
+            off = ~torch.eye(self.per[si, 0]["angles"].shape[0], dtype=torch.bool)
+            row["angle_mean"] = float(np.mean([self.per[si, ri]["angles"][off].mean() for ri in range(len(self.seeds))]))
+            row["key_dist_mean"] = float(np.mean([self.per[si, ri]["key_dist"][off].mean() for ri in range(len(self.seeds))]))
             row["pca_range"] = (float(np.nanmin(pca)), float(np.nanmax(pca))) if np.isfinite(pca).any() else (math.nan, math.nan)
             rows.append(row)
         return rows
@@ -89,7 +92,8 @@ class StratifiedResult(AnalysisResult):
                          f"gate entropy/logK {fmt(r['entropy_norm_mean'])}; experts used {fmt(r['n_used_experts'], 1)}; "
                          f"held-out recon MSE {fmt(r['recon_mse'], 3)}")
             lines.append(f"    per-expert dimension: TwoNN {r['twonn_range'][0]:.1f}-{r['twonn_range'][1]:.1f}, "
-                         f"PCA{100 * c['variance']:g} {r['pca_range'][0]:.0f}-{r['pca_range'][1]:.0f}")
+                         f"PCA{100 * c['variance']:g} {r['pca_range'][0]:.0f}-{r['pca_range'][1]:.0f}; mean principal angle between "
+                         f"dictionaries {r['angle_mean']:.1f} deg; mean gate-key distance {r['key_dist_mean']:.2f}")
             for lab in self.label_names:
                 lines.append(f"    {lab}: NMI {fmt(r[f'nmi_{lab}'])} (p <= {r[f'p_max_{lab}']:.3f}) vs KMeans {fmt(r[f'km_nmi_{lab}'])} "
                              f"(p <= {r[f'km_p_max_{lab}']:.3f}); ARI {fmt(r[f'ari_{lab}'])} vs {fmt(r[f'km_ari_{lab}'])}")
