@@ -2,7 +2,9 @@
 
 Usage: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_align.py [--n 4096 --d 576 --budget 400 --no-write]``
 
-1. closed-form Procrustes (scale + bias, float64) at n × d (goal ≤ 0.2 s);
+1. closed-form Procrustes (scale + bias, float64) at n × d (goal ≤ 0.2 s), next to
+   ``scipy.linalg.orthogonal_procrustes`` on the same inputs (interleaved warm calls, min and median of 5), for
+   float32 inputs (scipy then works in float32; ours always in float64) and float64 inputs;
 2. one joint training step of ``fit_map``'s loop: geo + MINE (EMA) + curvature, residual g (hidden 128),
    separable critic 576 → 256 → 256 → 64, canonical Stiefel, B = 512 (goal ≤ 120 ms);
 3. Riemannian-only fit (geo term only, identity init, full batch, RiemannianAdam canonical, Stiefel lr 3.0,
@@ -58,6 +60,29 @@ def bench_closed_form(X: torch.Tensor, Y: torch.Tensor, reps: int = 5) -> tuple[
         fit = procrustes(X, Y)
         ts.append(time.process_time() - t)
     return statistics.median(ts), fit.residual
+
+
+def bench_vs_scipy(X: torch.Tensor, Y: torch.Tensor, reps: int = 5) -> dict[str, tuple[float, float]]:
+    """(min, median) CPU s of ours and of scipy's orthogonal_procrustes, fp32 and fp64 inputs, interleaved warm calls."""
+    import scipy.linalg
+
+    runs = {}
+    for dt in (torch.float32, torch.float64):
+        Xt, Yt = X.to(dt), Y.to(dt)
+        Xn, Yn = Xt.numpy(), Yt.numpy()
+        fns = {"ours": lambda Xt=Xt, Yt=Yt: procrustes(Xt, Yt),
+               "scipy": lambda Xn=Xn, Yn=Yn: scipy.linalg.orthogonal_procrustes(Xn, Yn)}
+        ts: dict[str, list[float]] = {k: [] for k in fns}
+        for f in fns.values():
+            f()  # warm-up
+        for _ in range(reps):
+            for k, f in fns.items():
+                t = time.process_time()
+                f()
+                ts[k].append(time.process_time() - t)
+        for k, v in ts.items():
+            runs[f"{k} {str(dt).removeprefix('torch.')}"] = (min(v), statistics.median(v))
+    return runs
 
 
 def bench_joint_step(X: torch.Tensor, Y: torch.Tensor, B: int = 512, reps: int = 15) -> tuple[float, float, float]:
@@ -158,6 +183,7 @@ def main() -> None:
 
     X, Y, _ = power_data(args.n, args.d, seed=0)
     t_cf, res = bench_closed_form(X, Y)
+    vs = bench_vs_scipy(X, Y)
     t_step, t_step_min, ortho_step = bench_joint_step(X, Y, B=args.batch)
     rf = bench_riemannian_fit(X, Y, args.target, args.budget, args.stiefel_lr, args.euclid_lr)
 
@@ -172,6 +198,10 @@ def main() -> None:
         f"| joint step (geo + MINE-EMA + curvature, g hidden 128, critic 256/64), B={args.batch}, median of 15 (min) "
         f"| {1000 * t_step:.1f} ms ({1000 * t_step_min:.1f}); ‖WᵀW−I‖ {ortho_step:.1e} | ≤ 120 ms | {1000 * t_step / 120:.2f} |",
     ]
+    for dt in ("float32", "float64"):
+        (o, om), (sp, spm) = vs[f"ours {dt}"], vs[f"scipy {dt}"]
+        lines.append(f"| closed form vs scipy.linalg.orthogonal_procrustes, {dt} inputs, min (median) of 5 interleaved | "
+                     f"ours {o:.3f} s ({om:.3f}), scipy {sp:.3f} s ({spm:.3f}) | – | {o / sp:.2f}× scipy |")
     if rf["reached"] is not None:
         st, cpu = rf["reached"]
         lines.append(

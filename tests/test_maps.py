@@ -398,3 +398,52 @@ def test_version_1_checkpoint_is_refused_with_a_clear_error():
     state["format_version"] = 1
     with pytest.raises(ArtifactError, match="version 1.*validation residual"):
         MapTrainer(X, Y, Xv, Yv, _geo_only(steps=4, batch_size=32, eval_every=2)).load_state_dict(state)
+
+
+# ----- both Stiefel metrics: constraint, planted rotation, checkpoints (issue 12) --------------------------
+@pytest.mark.parametrize("manifold", ["canonical", "euclidean"])
+def test_each_manifold_recovers_a_planted_rotation_and_keeps_the_stiefel_constraint(manifold, tmp_path):
+    from msma_lens.align.maps import MANIFOLDS
+
+    assert manifold in MANIFOLDS
+    X, Y, _, _ = _planted(512, 16, 1, 1)
+    cfg = _geo_only(init="identity", stiefel_lr=0.3, lr=1e-2, steps=300, batch_size=512, manifold=manifold,
+                    checkpoint_dir=str(tmp_path))
+    out = fit_map(X, Y, X, Y, cfg, progress=False)
+    expected = geoopt.EuclideanStiefel if manifold == "euclidean" else geoopt.CanonicalStiefel
+    assert out.map.manifold_name == manifold and type(out.map.manifold) is expected
+    assert -1e-6 < _gap(out, X, Y) < 1e-3  # reaches the closed form from the identity
+    W = out.map.W.detach().double()
+    assert torch.allclose(W.T @ W, torch.eye(16, dtype=torch.float64), atol=1e-6, rtol=0)  # WᵀW = I to 1e-6
+    assert max(r["ortho_error"] for r in out.history) < 1e-4  # during training too (before the final re-projection)
+    ck = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert ck["map_spec"]["manifold"] == manifold  # the checkpoint records the manifold
+    other = "canonical" if manifold == "euclidean" else "euclidean"
+    with pytest.raises(ArtifactError, match=r"was written with a different config \(fields: manifold\)"):
+        fit_map(X, Y, X, Y, _geo_only(init="identity", stiefel_lr=0.3, lr=1e-2, steps=300, batch_size=512, manifold=other,
+                                      checkpoint_dir=str(tmp_path)), progress=False)
+
+
+@pytest.mark.parametrize("manifold", ["canonical", "euclidean"])
+def test_each_manifold_keeps_the_constraint_under_the_full_objective(manifold):
+    X, Y, Xv, Yv = _planted(1024, 16, -1, 3, noise=0.1, nonlinear=0.5)
+    cfg = MapTrainConfig(residual_hidden=16, lambda_geo=1.0, steps=80, batch_size=256, eval_every=20, lr=3e-3,
+                         critic_hidden=16, critic_embed=8, eval_batch_size=256, manifold=manifold, stiefel_lr=0.3)
+    out = fit_map(X, Y, Xv, Yv, cfg, progress=False)
+    W = out.map.W.detach().double()
+    assert torch.allclose(W.T @ W, torch.eye(16, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert out.map.det_sign() == -1  # started from the closed form's reflection and stayed in its component
+    best = next(r for r in out.history if r["step"] == out.best_step)
+    assert best["val_geo"] <= out.history[0]["val_geo"]
+
+
+def test_procrustes_leaves_its_inputs_alone_and_fp32_equals_fp64():
+    X, Y, _, _ = _planted(300, 12, 1, 0)
+    for dt in (torch.float32, torch.float64):
+        Xt, Yt = X.to(dt), Y.to(dt)
+        X0, Y0 = Xt.clone(), Yt.clone()
+        for kw in ({}, {"bias": False}, {"whiten": True}):
+            procrustes(Xt, Yt, **kw)
+            assert torch.equal(Xt, X0) and torch.equal(Yt, Y0), (dt, kw)  # centring in place only on its own copies
+    a, b = procrustes(X.float(), Y.float()), procrustes(X.float().double(), Y.float().double())
+    assert torch.equal(a.W, b.W) and a.scale == b.scale and torch.equal(a.bias, b.bias) and a.residual == b.residual

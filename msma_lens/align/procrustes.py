@@ -96,11 +96,12 @@ def procrustes(
     Xd = X.double()
     Yd = Y.to(device=X.device, dtype=torch.float64)
     y_mean = Yd.mean(0)
-    Yc_full = Yd - y_mean
-    y_var = float((Yc_full * Yc_full).sum())
+    # centre in place when the float64 tensor is a copy made here (fp32 input): one n×d copy instead of two
+    Yc_full = Yd.sub_(y_mean) if (bias and Yd is not Y) else Yd - y_mean
+    y_var = _sq_norm(Yc_full)
     if bias:
         x_mean = Xd.mean(0)
-        Xc, Yc = Xd - x_mean, Yc_full
+        Xc, Yc = (Xd.sub_(x_mean) if (Xd is not X and not whiten) else Xd - x_mean), Yc_full
     else:
         x_mean = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
         Xc, Yc = Xd, Yd
@@ -117,7 +118,7 @@ def procrustes(
         whitener = (Vk * (c / sk)) @ Vk.T
         Xc = Xc @ whitener
 
-    x_ss = float((Xc * Xc).sum())
+    x_ss = _sq_norm(Xc)
     if x_ss == 0.0:
         raise NumericsError("X has zero variance (all rows equal after centring); the Procrustes scale is undefined")
 
@@ -141,9 +142,15 @@ def procrustes(
     # optimal s given W is tr(Wᵀ M) / ‖X_c W‖² (Gower's Σσ_i / ‖X_c‖² when ‖X_c W‖ = ‖X_c‖)
     s = trace / xw_ss if scale else 1.0
 
-    y_ss = y_var if bias else float((Yc * Yc).sum())
+    y_ss = y_var if bias else _sq_norm(Yc)
     rss = max(s * s * xw_ss - 2.0 * s * trace + y_ss, 0.0)
     b = y_mean - s * (x_mean @ whitener @ W if whitener is not None else x_mean @ W) if bias else torch.zeros_like(y_mean)
     if y_var == 0.0:
         raise NumericsError("Y has zero variance (all rows equal); the normalised residual is undefined")
     return ProcrustesFit(W=W, scale=float(s), bias=b, residual=rss / y_var, det_sign=det_sign, whitener=whitener)
+
+
+def _sq_norm(t: torch.Tensor) -> float:
+    """``‖t‖²_F`` as one BLAS dot product (no n×d temporary)."""
+    flat = t.reshape(-1)
+    return float(torch.dot(flat, flat))

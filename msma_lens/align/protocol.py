@@ -664,6 +664,7 @@ def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, var
             k = pair_key(a, b)
             Xt, Yt = d.X["test"], d.Y["test"]
             cf = None
+            fitted: dict = {}  # variant config -> fit output: a variant whose config equals another's is not refitted
             for v in variants:
                 bar.set_postfix_str(f"seed {seed} {k} {v}", refresh=False)
                 if v == "baseline":
@@ -672,8 +673,12 @@ def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, var
                     cf = cf or procrustes(d.X["train"], d.Y["train"])
                     pred = cf.apply(Xt)
                 else:
-                    out = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], _variant_cfg(cfg.train_for(k), v, seed),
-                                  progress=progress, desc=f"{k} {v}")
+                    vcfg = _variant_cfg(cfg.train_for(k), v, seed)
+                    key = repr(vcfg)
+                    if key not in fitted:  # training is deterministic under its seed: equal configs, equal maps
+                        fitted[key] = fit_map(d.X["train"], d.Y["train"], d.X["val"], d.Y["val"], vcfg, progress=progress,
+                                              desc=f"{k} {v}")
+                    out = fitted[key]
                     cf = cf or procrustes(d.X["train"], d.Y["train"])
                     trained = out.map.eval()
                     with torch.no_grad():
@@ -694,8 +699,15 @@ def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, var
                     rows += [{"seed": seed, "pair": k, "variant": "selected", "metric": name, "value": val, "selected": bool(sel)}
                              for name, val in _metric_values(cfg.map_metrics, kept, Yt).items()]
     bar.close()
-    summary = []
     widths = {pair_key(a, b): (acts.width(a), acts.width(b)) for a, b in cfg.pairs}
+    return AblationResult(rows, summarise_ablation(rows, cfg, variants, widths, level), cfg.to_dict(), dict(acts.meta), curves)
+
+
+def summarise_ablation(rows: list[dict], cfg: AlignConfig, variants: tuple[str, ...], widths: dict[str, tuple[int, int]],
+                       level: float = 0.95) -> list[dict]:
+    """The summary of per-seed ablation ``rows`` (mean, CI, paired p-values, wins): :func:`run_ablations`'s, and the
+    way to merge runs over disjoint seeds (``summarise_ablation(a.rows + b.rows, ...)``)."""
+    summary = []
     reported = [*variants, *(["selected"] if "full" in variants else [])]
     for k in [pair_key(a, b) for a, b in cfg.pairs]:
         for v in reported:
@@ -713,4 +725,4 @@ def run_ablations(acts: ScaleActivations, cfg: AlignConfig | None = None, *, var
                                 "n_seeds": len(vals), "p_vs_baseline": p["baseline"], "p_vs_closed_form": p["closed_form"],
                                 "p_vs_full": p["full"], "n_trained_selected": sum(sel) if sel else None,
                                 "note": _inert_note(v, cfg.train_for(k), *widths[k])})
-    return AblationResult(rows, summary, cfg.to_dict(), dict(acts.meta), curves)
+    return summary

@@ -7,11 +7,11 @@ representation-level intervention effects), :mod:`.crossmodel` (CKA over layer p
 :mod:`.tables`, :mod:`.report`, :mod:`.suite` (:func:`run_compare`).
 """
 
-from .config import TASKS, CompareConfig
+from .config import ALL_TASKS, TASKS, CompareConfig
 from .crossmodel import cka_matrix, paired_activations
 from .store import ResultStore
 from .suite import CompareResult, run_compare
 from .units import Unit, plan_units
 
-__all__ = ["TASKS", "CompareConfig", "CompareResult", "ResultStore", "Unit", "cka_matrix", "paired_activations", "plan_units",
-           "run_compare"]
+__all__ = ["ALL_TASKS", "TASKS", "CompareConfig", "CompareResult", "ResultStore", "Unit", "cka_matrix", "paired_activations",
+           "plan_units", "run_compare"]

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
-TASKS: tuple[str, ...] = ("discovery", "alignment", "steering", "crossmodel")
+TASKS: tuple[str, ...] = ("discovery", "alignment", "steering", "crossmodel")  # the default grid
+# "plugins": every installed analysis plugin (msma_lens.plugins, e.g. stratified, intrinsic-dim) per model; opt-in
+ALL_TASKS: tuple[str, ...] = (*TASKS, "plugins")
 DEFAULT_MODELS: tuple[str, ...] = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "minilm-l6")
 ALIGN_ON: tuple[str, ...] = ("words", "documents")
 
@@ -84,7 +86,8 @@ class CompareConfig:
     @classmethod
     def quick(cls, **kw) -> CompareConfig:
         """Seconds per unit on tiny random models (tests, smoke runs): few documents, steps and prompts."""
-        base = dict(discovery_docs=10, discovery_boot=5, discovery_tokens=300, discovery_probes=("topic", "register"), align_docs=10, align_rows=400,
+        base = dict(discovery_docs=10, discovery_boot=5, discovery_tokens=300, discovery_probes=("topic", "register"),
+                    align_docs=10, align_rows=400,
                     align_eval_rows=128, align_steps=10, steer_prompts=8, max_new_tokens=6,
                     strengths={"translate": 1.0, "rescale": 1.5}, steer_metrics=("ttr", "repetition_rate"),
                     encoder_docs=12, cka_docs=6, cka_rows=256, baseline_check=None)

@@ -122,7 +122,8 @@ def side_activations(model: Any, texts: Sequence[str], *, align_on: str = "words
     return word_activations(model, texts, batch_size=batch_size, keep=candidate_words(texts, max_rows, seed))
 
 
-def join_sides(side_a: Any, side_b: Any, *, max_rows: int = 1024, seed: int = 0, names: tuple[str, str] = PREFIXES) -> ScaleActivations:
+def join_sides(side_a: Any, side_b: Any, *, max_rows: int = 1024, seed: int = 0,
+               names: tuple[str, str] = PREFIXES) -> ScaleActivations:
     """Join two :func:`side_activations` results on their common rows (words both models saw, or documents)."""
     if isinstance(side_a, ScaleActivations):
         return side_a.join(side_b, names)

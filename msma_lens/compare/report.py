@@ -16,7 +16,8 @@ import numpy as np
 
 from ..io.artifacts import write_csv_atomic, write_json_atomic, write_text_atomic
 
-PROFILE_PANELS = (("probe", "held-out probe balanced accuracy (mean over probes)"), ("attn_span", "attention span (mean |t − i|)"),
+PROFILE_PANELS = (("probe", "held-out probe balanced accuracy (mean over probes)"),
+                  ("attn_span", "attention span (mean |t − i|)"),
                   ("adj_info", "adjacent-layer information I(l; l+1)"), ("norm", "mean residual norm (log scale)"))
 
 
@@ -84,8 +85,9 @@ NOTES = {
               "each scale's first layer; thirds of the depth; the published GPT-2 / BERT partitions are of OTHER models "
               "(12 layers) and are shown for reference only.",
     "alignment": "Held-out documents. baseline = identity (source scale vs target scale), closed_form = Procrustes, trained = "
-                 "the map of lens.fit's default objective. kl_floor: split-half KL of the target with itself at the same n "
-                 "and d (a KL at the floor is indistinguishable from perfect). MI: Gaussian MI on top principal components. "
+                 "the map of lens.fit's default objective. kl_diag: diagonal-Gaussian KL(prediction ‖ target) in nats. "
+                 "kl_floor: split-half KL of the target with itself at the same n and d (a KL at the floor is "
+                 "indistinguishable from perfect). MI: Gaussian MI on the top 32 principal components (nats). "
                  "Mean over seeds with the 95% Student-t CI (ci_lo, ci_hi); one seed: no CI.",
     "interventions": "Paired effect size d_z (steered vs unsteered, same prompt and sampling seed) with its 95% CI, p-values "
                      "Holm-corrected over each model's whole grid. level=text: generated-text metrics (decoders); "
@@ -113,7 +115,11 @@ def write_report(out: str | Path, tables: dict[str, list[dict]], records: Sequen
     style = ("<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:12px;margin-bottom:1em}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}</style>")
     body = ["<h1>msma-lens model comparison</h1>", f"<pre>{html.escape(summary)}</pre>", *parts]
-    body += [html_table(tables[k], TITLES[k], NOTES[k]) for k in ("layers", "alignment", "interventions", "crossmodel", "timing")]
+    body += [html_table(tables[k], TITLES[k], NOTES[k]) for k in ("layers", "alignment", "interventions", "crossmodel")]
+    for r in tables.get("plugins", []):
+        body.append(f"<h2>plugin {html.escape(r['plugin'])} on {html.escape(r['model'])}</h2><pre>"
+                    + html.escape(r["summary"] or f"error: {r['error']}") + "</pre>")
+    body.append(html_table(tables["timing"], TITLES["timing"], NOTES["timing"]))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>msma-lens compare</title>{style}</head><body>"
             + "".join(body) + "</body></html>")
     paths = {"html": write_text_atomic(out / "report.html", page),

@@ -98,6 +98,11 @@ def crossmodel_table(records: Sequence[dict]) -> list[dict]:
     return out
 
 
+def plugin_table(records: Sequence[dict]) -> list[dict]:
+    return [{"model": r["result"]["model"], "plugin": k, "version": v["version"], "summary": v["summary"], "error": v["error"]}
+            for r in _by_task(records, "plugins") for k, v in r["result"]["plugins"].items()]
+
+
 def timing_table(records: Sequence[dict]) -> list[dict]:
     return [{"unit": "--".join([r["unit"]["task"], "+".join(r["unit"]["models"]), f"seed{r['unit']['seed']}"]),
              "task": r["unit"]["task"], "models": "+".join(r["unit"]["models"]), "seed": r["unit"]["seed"],
@@ -108,7 +113,7 @@ def timing_table(records: Sequence[dict]) -> list[dict]:
 def all_tables(records: Sequence[dict]) -> dict[str, list[dict]]:
     return {"layers": layer_distribution(records), "alignment": alignment_table(records),
             "interventions": intervention_table(records), "crossmodel": crossmodel_table(records),
-            "timing": timing_table(records)}
+            "plugins": plugin_table(records), "timing": timing_table(records)}
 
 
 def format_tables(tables: dict[str, list[dict]], max_effects: int = 12) -> str:
@@ -143,10 +148,15 @@ def format_tables(tables: dict[str, list[dict]], max_effects: int = 12) -> str:
         if r["best_for_a"]:
             lines.append(f"  cross-model CKA: {r['model_a']}:{r['scale_a']} best matches {r['model_b']}:{r['scale_b']} "
                          f"(debiased CKA {r['cka']:.3f}, {r['n_rows']} {r['align_on']})")
+    for r in tables.get("plugins", []):
+        first = (r["summary"] or "").strip().splitlines()[:1]
+        text = f"error: {r['error']}" if r["error"] else (first[0] if first else "")
+        lines.append(f"  plugin {r['plugin']} on {r['model']}: {text}")
     if tables["timing"]:
         tot = sum(r["wall_s"] for r in tables["timing"])
         cpu = sum(r["cpu_s"] or 0.0 for r in tables["timing"])
-        lines.append(f"time in units: {tot:.0f} s wall, {cpu:.0f} s CPU; peak RSS {max(r['peak_rss_mb'] for r in tables['timing']):.0f} MiB")
+        peak = max(r["peak_rss_mb"] for r in tables["timing"])
+        lines.append(f"time in units: {tot:.0f} s wall, {cpu:.0f} s CPU; peak RSS {peak:.0f} MiB")
         by_task: dict[str, float] = {}
         for r in tables["timing"]:
             by_task[r["task"]] = by_task.get(r["task"], 0.0) + r["wall_s"]

@@ -78,7 +78,7 @@ def _docs(n: int, seed: int):
 
 def run_task(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Path) -> dict:
     fn = {"discovery": task_discovery, "alignment": task_alignment, "steering": task_steering,
-          "crossmodel": task_crossmodel}[unit.task]
+          "crossmodel": task_crossmodel, "plugins": task_plugins}[unit.task]
     return fn(unit, cfg, store, work)
 
 
@@ -91,7 +91,8 @@ def task_discovery(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Pat
     name = unit.models[0]
     model = get_model(name, cfg.device)
     res = discover_scales(model, load_corpus(), max_docs=cfg.discovery_docs, n_boot=cfg.discovery_boot, seed=unit.seed,
-                          max_tokens=cfg.discovery_tokens, probes=cfg.discovery_probes, batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress,
+                          max_tokens=cfg.discovery_tokens, probes=cfg.discovery_probes, batch_size=cfg.batch_size,
+                          device=cfg.device, progress=cfg.progress,
                           n_folds=min(5, cfg.discovery_docs))
     res.save(work / "discovery")
     return {**_model_info(model, name), "scales": res.scales.to_dict(), "boundaries": list(res.boundaries),
@@ -138,7 +139,8 @@ def task_alignment(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Pat
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", M.SampleSizeWarning)
                 vals = {m: float(M.compute(m, P, Y["test"])) for m in ALIGN_METRICS}
-            rows.append({"pair": k, "method": method, **vals, "kl_floor": floor, "residual": float(M.compute("residual", P, Y["test"])),
+            rows.append({"pair": k, "method": method, **vals, "kl_floor": floor,
+                         "residual": float(M.compute("residual", P, Y["test"])),
                          "n_test": int(Y["test"].shape[0]), "n_train": int(X["train"].shape[0]),
                          "best_step": int(out.best_step) if method == "trained" else None,
                          "val_residual": val.get(method)})
@@ -194,6 +196,30 @@ def task_crossmodel(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Pa
             "n_rows": len(joined), "n_docs": len(texts), "matrix": mat.tolist(), "best_match": crossmodel.best_match(mat),
             "scales": [sa.to_dict(), sb.to_dict()], "partitions": [m["partition"] for m in info],
             "scale_matrix": crossmodel.scale_matrix(mat, sa, sb)}
+
+
+# ----- installed analysis plugins ---------------------------------------------------------------------------
+def task_plugins(unit: Unit, cfg: CompareConfig, store: ResultStore, work: Path) -> dict:
+    """Every installed plugin (:func:`msma_lens.plugins.available`) with its default options on the alignment task's
+    token activations (same documents and partition; the capture shards are shared). A plugin that fails is
+    recorded with its error; the others still run."""
+    from .. import plugins
+
+    name = unit.models[0]
+    model = get_model(name, cfg.device)
+    scales, source = partition(store, name, tl.n_layers(model))
+    texts = [d.text for d in _docs(cfg.align_docs, 0)]
+    acts = capture(model, scales, texts, pooling="token", batch_size=cfg.batch_size, progress=cfg.progress,
+                   shard_dir=store.shard_dir(name, f"align-{scales.spec_hash()}-{len(texts)}"))
+    out = {}
+    for info in plugins.available():
+        try:
+            res = plugins.run(info.name, acts)
+            res.save(work / info.name)
+            out[info.name] = {"version": info.version, "summary": res.summary(), "error": None}
+        except Exception as e:  # noqa: BLE001 - one broken plugin must not stop the suite; its error is reported
+            out[info.name] = {"version": info.version, "summary": None, "error": f"{type(e).__name__}: {e}"}
+    return {**_model_info(model, name), "scales": scales.to_dict(), "partition": source, "n_docs": len(texts), "plugins": out}
 
 
 SIDE_KIND = "msma_lens.CompareCkaSide"

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from .config import TASKS
+from .config import ALL_TASKS, TASKS
 
 # which seeds a task runs: alignment is repeated per seed (its table is mean ± CI over seeds); discovery carries
 # its own bootstrap CI over documents and steering its CIs over prompts, so they run at the first seed only
-PER_SEED: dict[str, bool] = {"discovery": False, "alignment": True, "steering": False, "crossmodel": False}
-PHASE: dict[str, int] = {"discovery": 0, "alignment": 1, "steering": 1, "crossmodel": 1}
+PER_SEED: dict[str, bool] = {"discovery": False, "alignment": True, "steering": False, "crossmodel": False, "plugins": False}
+PHASE: dict[str, int] = {"discovery": 0, "alignment": 1, "steering": 1, "crossmodel": 1, "plugins": 1}
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class Unit:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r}; valid: {list(TASKS)}")
+        if self.task not in ALL_TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; valid: {list(ALL_TASKS)}")
         want = 2 if self.task == "crossmodel" else 1
         if len(self.models) != want:
             raise ConfigError(f"task {self.task!r} takes {want} model(s), got {list(self.models)}")
@@ -76,11 +76,11 @@ def plan_units(models: Sequence[str], seeds: Sequence[int] = (0,), tasks: Sequen
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct integers, got {list(seeds)}")
     tasks = tuple(tasks)
-    bad = [t for t in tasks if t not in TASKS]
+    bad = [t for t in tasks if t not in ALL_TASKS]
     if bad or not tasks:
-        raise ConfigError(f"unknown task {bad[0]!r}; valid: {list(TASKS)}" if bad else "tasks is empty")
+        raise ConfigError(f"unknown task {bad[0]!r}; valid: {list(ALL_TASKS)}" if bad else "tasks is empty")
     units = []
-    for t in TASKS:
+    for t in ALL_TASKS:
         if t not in tasks:
             continue
         ss = seeds if PER_SEED[t] else seeds[:1]
