@@ -1,9 +1,12 @@
 """Per-scale residual capture through TransformerLens hook points.
 
-One forward pass per batch with ``run_with_cache`` restricted to the scales' hook names and
-``stop_at_layer`` so no block above the highest scale is computed. BOS, special and padding positions are
-excluded from every statistic; batches carry an explicit attention mask. Input is a list of texts or a
-``[batch, pos]`` tensor of token ids (with an optional ``attention_mask``).
+One forward pass per batch with ``run_with_cache`` restricted to the scales' hook names; the pass ends right
+after the highest hook read, so no block above the highest scale (and, when the scales reach the top block, no
+final norm or unembedding) is computed. BOS, special and padding positions are excluded from every statistic;
+batches carry an explicit attention mask. Input is a list of texts or a ``[batch, pos]`` tensor of token ids
+(with an optional ``attention_mask``). The result is preallocated and filled in place batch by batch;
+:func:`capture_shards` streams batches to disk and hands back a :class:`ShardedCapture` that is read one
+shard at a time, for corpora whose activations do not fit in memory.
 """
 
 from __future__ import annotations

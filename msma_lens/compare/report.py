@@ -94,7 +94,8 @@ NOTES = {
                      "level=representation: last-layer embedding metrics (encoders).",
     "crossmodel": "Mean debiased CKA between the layers of two scales of two models (rows aligned on words or documents); "
                   "best_for_a marks, for each scale of model a, the scale of model b it matches best.",
-    "timing": "Per work unit: wall time and peak resident memory of the process running it.",
+    "timing": "Per work unit: wall and CPU seconds, and the peak resident memory of the process while the unit ran "
+              "(with the sequential executor this includes memory the allocator kept from earlier units and models).",
 }
 TITLES = {"layers": "(a) semantic layer distribution", "alignment": "(b) cross-scale alignment",
           "interventions": "(c) intervention effects", "crossmodel": "cross-model alignment (scale level)",

@@ -130,7 +130,8 @@ def execute_unit(unit: Unit, cfg: dict, root: str) -> dict:
 
     The unit's directory is cleared first (a killed earlier attempt leaves no ``done`` marker), its files are
     written atomically and ``done.json`` last, so an interrupted unit is simply run again. Records the unit's
-    wall and CPU time and peak RSS. Top-level and picklable: the Ray executor ships it as a task.
+    wall and CPU time and the process's peak RSS while it ran (in a process that ran earlier units this includes
+    memory the allocator kept from them). Top-level and picklable: the Ray executor ships it as a task.
     """
     from .config import CompareConfig
     from .store import ResultStore
