@@ -367,7 +367,7 @@ def _fit_and_report(lens, acts, cfg, args: argparse.Namespace, out: Path, stages
         result.save(out / "alignment")
         write_text_atomic(out / "alignment.txt", result.table() + "\n")
     print(result.table())
-    print("selected maps (validation residual): " + ", ".join(f"{k}: {v}" for k, v in result.selected.items()))
+    print("selected maps (validation residual and KL): " + ", ".join(f"{k}: {v}" for k, v in result.selected.items()))
     if args.seeds:
         with stages("ablations"):
             ab = lens.ablate(acts, cfg, seeds=args.seeds, progress=args.progress)

@@ -250,5 +250,5 @@ def test_fit_threads_progress_flag(tmp_path, capsys):
     assert main([*base, "--no-progress", "--out", str(tmp_path / "b")]) == 0
     cap = capsys.readouterr()
     assert cap.err == "" and "global->intermediate" in cap.out
-    assert "selected maps (validation residual): global->intermediate: " in cap.out  # which map won, per pair
+    assert "selected maps (validation residual and KL): global->intermediate: " in cap.out  # which map won, per pair
     assert "selected map: " in (tmp_path / "b" / "alignment.txt").read_text()
