@@ -249,6 +249,15 @@ def test_intervention_table_carries_cis_and_holm(suite):
             assert r["p_holm"] >= r["p_value"] - 1e-12
 
 
+def test_text_summary_survives_nan_written_as_null():
+    from msma_lens.compare.tables import format_tables
+
+    row = {"model": "m", "level": "text", "scale": "local", "intervention": "rescale", "strength": 1.5, "metric": "ttr", "n": 8,
+           "effect": None, "effect_ci_lo": None, "effect_ci_hi": None, "p_value": None, "p_holm": None, "significant": False}
+    text = format_tables({"layers": [], "alignment": [], "interventions": [row], "crossmodel": [], "timing": []})
+    assert "m               local         rescale      1.5  ttr                   d_z     nan [n/a]" in text
+
+
 # ----- report ------------------------------------------------------------------------------------------------
 def test_report_is_one_self_contained_html_with_json_and_csv(suite):
     res, out = suite

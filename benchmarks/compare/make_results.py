@@ -120,10 +120,10 @@ def main() -> None:
             "| model | scale | intervention | strength | metric | baseline | steered | % change | d_z [95% CI] | p Holm |",
             "|---|---|---|---:|---|---:|---:|---:|---|---:|"]
     sig = [r for r in t["interventions"] if r.get("significant")]
-    for r in sorted(sig, key=lambda r: (r["model"], -abs(r["effect"]))):
+    for r in sorted(sig, key=lambda r: (r["model"], -abs(r["effect"] if r["effect"] is not None else 0.0))):
         out.append(f"| {r['model']} | {r['scale']} | {r['intervention']} | {r['strength']:g} | {r['metric']} | "
                    f"{f(r['baseline_mean'])} | {f(r['steered_mean'])} | {f(r['pct_change'])} | "
-                   f"{r['effect']:.2f} [{f(r['effect_ci_lo'])}, {f(r['effect_ci_hi'])}] | {f(r['p_holm'])} |")
+                   f"{f(r['effect'])} [{f(r['effect_ci_lo'])}, {f(r['effect_ci_hi'])}] | {f(r['p_holm'])} |")
     n_all = len(t["interventions"])
     out += ["", f"{len(sig)} of {n_all} cells significant after Holm; the full grid is in `interventions.csv` of the run.", "",
             "Published (other model):", "", PUBLISHED_EFFECTS, ""]

@@ -49,6 +49,11 @@ def layer_distribution(records: Sequence[dict]) -> list[dict]:
     return rows
 
 
+def _num(v: object) -> float:
+    """A float for display: None (NaN written to JSON as null) becomes NaN."""
+    return float("nan") if v is None else float(v)
+
+
 def _fmt_ci(m: float, lo: float, hi: float) -> str:
     if m is None or not math.isfinite(m):
         return "n/a"
@@ -136,14 +141,14 @@ def format_tables(tables: dict[str, list[dict]], max_effects: int = 12) -> str:
                                    for c in ALIGN_COLUMNS) + f"  (seeds {r['n_seeds']})")
     if tables["interventions"]:
         lines.append(f"(c) intervention effects: the {max_effects} largest |d_z| (95% CI, Holm p; * p_holm < 0.05)")
-        rows = sorted(tables["interventions"], key=lambda r: -abs(r["effect"]) if r["effect"] is not None
-                      and math.isfinite(r["effect"]) else 0.0)[:max_effects]
+        rows = sorted(tables["interventions"], key=lambda r: -abs(_num(r["effect"])) if math.isfinite(_num(r["effect"]))
+                      else 0.0)[:max_effects]
         for r in rows:
             lo, hi = r["effect_ci_lo"], r["effect_ci_hi"]
             ci = "[n/a]" if lo is None or not math.isfinite(lo) else f"[{lo:.2f}, {hi:.2f}]"
-            ph = r["p_holm"] if r["p_holm"] is not None else float("nan")
+            ph, eff = _num(r["p_holm"]), _num(r["effect"])
             lines.append(f"  {r['model']:<16}{r['scale']:<14}{r['intervention']:<11}{r['strength']:>5g}  {r['metric']:<21}"
-                         f" d_z {r['effect']:>7.2f} {ci:<16} p_holm {ph:.3g}{' *' if r['significant'] else ''}")
+                         f" d_z {eff:>7.2f} {ci:<16} p_holm {ph:.3g}{' *' if r['significant'] else ''}")
     for r in tables["crossmodel"]:
         if r["best_for_a"]:
             lines.append(f"  cross-model CKA: {r['model_a']}:{r['scale_a']} best matches {r['model_b']}:{r['scale_b']} "
