@@ -75,7 +75,7 @@ def test_scale_order_survives_save_load_and_fit(reloaded, tmp_path):
 def test_ablate_accepts_reloaded_activations(reloaded):
     lens, _, back = reloaded
     out = lens.ablate(back, _cheap_cfg(), seeds=(0,), variants=("baseline", "closed_form", "full"))
-    assert {r["variant"] for r in out.summary} == {"baseline", "closed_form", "full"}
+    assert {r["variant"] for r in out.summary} == {"baseline", "closed_form", "full", "selected"}  # selected: the kept map
 
 
 def test_partition_comparison_ignores_order_but_not_layers():
