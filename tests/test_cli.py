@@ -212,13 +212,15 @@ def test_sigint_in_a_real_process_exits_130_without_traceback(tmp_path):
 
     err_path = tmp_path / "err.txt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    texts = tmp_path / "many.txt"  # one batch per line: minutes of capture, so the signal always lands mid-run
+    texts.write_text("one two three four five six seven.\n" * 50_000)
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "msma_lens.cli", "fit", "--model", "tiny-gpt2", "--max-docs", "6",
-                                 "--steps", "1000000", "--residual-hidden", "0", "--seeds", "", "--out", str(tmp_path / "o")],
+        proc = subprocess.Popen([sys.executable, "-m", "msma_lens.cli", "capture", "--model", "tiny-gpt2", "--texts", str(texts),
+                                 "--batch-size", "1", "--out", str(tmp_path / "o")],
                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
         try:
             deadline = time.time() + 120
-            while "global->intermediate" not in err_path.read_text(errors="replace"):  # the fit_map bar is up
+            while "capture:" not in err_path.read_text(errors="replace"):  # the capture bar is up
                 assert proc.poll() is None and time.time() < deadline, err_path.read_text(errors="replace")
                 time.sleep(0.2)
             proc.send_signal(signal.SIGINT)
