@@ -217,7 +217,10 @@ def test_sigint_in_a_real_process_exits_130_without_traceback(tmp_path):
     with open(err_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "msma_lens.cli", "capture", "--model", "tiny-gpt2", "--texts", str(texts),
                                  "--batch-size", "1", "--out", str(tmp_path / "o")],
-                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+                                stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                # a shell without job control (``cmd &``) starts children with SIGINT ignored, and
+                                # Python then never installs its KeyboardInterrupt handler: restore the default
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.time() + 120
             while "capture:" not in err_path.read_text(errors="replace"):  # the capture bar is up
