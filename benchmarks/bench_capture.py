@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--docs", type=int, default=240)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (0: memory only)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-stage peak-memory children")
     ap.add_argument("--child", default=None)
     a = ap.parse_args()
@@ -122,6 +122,13 @@ def main() -> None:
     from msma_lens import tl as _tl
 
     n_tok = sum(n - 1 for n in _tl.token_lengths(model, texts))
+    if a.repeats > 0:
+        _timings(a, ml, model, texts, n_tok)
+    if not a.no_memory:
+        _memory(a)
+
+
+def _timings(a: argparse.Namespace, ml, model, texts: list[str], n_tok: int) -> None:
     timed = ("plain", "tl_cache", "capture", "capture_mean")
     run_stage("plain", ml, model, texts[:a.batch_size], a.batch_size)  # warm-up
     times: dict[str, list[float]] = {s: [] for s in timed}
@@ -137,9 +144,11 @@ def main() -> None:
     for s in timed:
         m = min(times[s])
         print(f"{s:16s} {m:8.2f} {statistics.median(times[s]):9.2f} {n_tok / m:8.0f} {m / p:14.3f}x")
-    if a.no_memory:
-        return
-    print("peak memory per stage (own process, peak counter reset after loading and a one-batch warm-up):")
+
+
+def _memory(a: argparse.Namespace) -> None:
+    print(f"{a.model}, {a.docs} docs, batch {a.batch_size}: peak memory per stage (own process, peak counter reset after "
+          "loading and a one-batch warm-up):")
     for s in STAGES:
         res = subprocess.run([sys.executable, __file__, "--child", s, "--model", a.model, "--docs", str(a.docs),
                               "--batch-size", str(a.batch_size)], capture_output=True, text=True)

@@ -366,6 +366,9 @@ def test_default_and_published_objectives():
     assert (pub.lambda_geo, pub.lambda_info, pub.lambda_curv, pub.curv_scale) == (0.1, 0.1, 0.01, "absolute")
     assert MapTrainConfig.published(steps=7) == MapTrainConfig(**PUBLISHED_OBJECTIVE, steps=7)
     assert d.residual_hidden == pub.residual_hidden == 64 and default_train_config(steps=5).steps == 5
+    # lens.fit steps on the Euclidean-metric Stiefel manifold (faster at equal geometry); published keeps geoopt's default
+    assert d.manifold == "euclidean" and pub.manifold == "canonical" == MapTrainConfig().manifold
+    assert default_train_config(manifold="canonical").manifold == "canonical"
     with pytest.raises(ConfigError, match="unknown objective 'paper'; valid: \\['default', 'published'\\]"):
         default_train_config("paper")
 

@@ -257,3 +257,17 @@ def test_fit_threads_progress_flag(tmp_path, capsys):
     assert cap.err == "" and "global->intermediate" in cap.out
     assert "selected maps (validation residual and KL): global->intermediate: " in cap.out  # which map won, per pair
     assert "selected map: " in (tmp_path / "b" / "alignment.txt").read_text()
+
+
+def test_objective_and_manifold_options_build_the_training_config():
+    from msma_lens.cli import _align_cfg, build_parser
+
+    def train(*extra):
+        return _align_cfg(build_parser().parse_args(["fit", "--out", "o", *extra])).train
+
+    assert (train().manifold, train().lambda_info) == ("euclidean", 0.0)
+    assert (train("--objective", "published").manifold, train("--objective", "published").lambda_info) == ("canonical", 0.1)
+    assert train("--manifold", "canonical").manifold == "canonical"
+    assert train("--objective", "published", "--manifold", "euclidean").manifold == "euclidean"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "--out", "o", "--manifold", "grassmann"])

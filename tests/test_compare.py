@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import msma_lens as ml
+from msma_lens import tl
 from msma_lens.analysis.metrics import cka_debiased
 from msma_lens.capture.activations import ScaleActivations
 from msma_lens.cli import main
@@ -436,6 +437,30 @@ def test_cli_compare_end_to_end(tmp_path, capsys):
         "alignment--tiny-gpt2--seed0", "alignment--tiny-llama--seed0", "crossmodel--tiny-gpt2+tiny-llama--seed0"]
     assert main(["compare", "--out", str(tmp_path), "--tasks", "alignment,nope"]) == 2
     assert "--tasks: unknown task 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(tl.tl_major() < 3, reason="tiny-bert loads through TransformerBridge (TL >= 3)")
+def test_decoder_and_encoder_suite_on_random_models(tmp_path):
+    """The encoder path of every task on a random BERT: bidirectional discovery, representation-level effects,
+    alignment, and cross-model CKA between a decoder and an encoder on the same words."""
+    res = run_compare(["tiny-llama", "tiny-bert"], tmp_path, seeds=(0,), config=CompareConfig.quick(), progress=False)
+    lv = {r["model"]: r["level"] for r in res.tables["interventions"]}
+    assert lv == {"tiny-llama": "text", "tiny-bert": "representation"}
+    enc = [r for r in res.tables["interventions"] if r["model"] == "tiny-bert"]
+    assert {r["metric"] for r in enc} == {"probe_p_true", "embedding_norm"}
+    assert all(r["n"] == CompareConfig.quick().encoder_docs and math.isfinite(r["effect"]) for r in enc)
+    assert {(r["scale"], r["intervention"]) for r in enc} == {
+        (s, k) for s in ("local", "intermediate", "global") for k in ("translate", "rescale")}
+    disc = {r["result"]["model"]: r["result"] for r in res.records if r["unit"]["task"] == "discovery"}
+    assert disc["tiny-bert"]["n_layers"] == 4 and disc["tiny-bert"]["encoder"] and not disc["tiny-llama"]["encoder"]
+    # bidirectional attention: a random encoder's attention spreads over the whole text in every layer
+    assert min(disc["tiny-bert"]["profiles"]["attn_span"]) > 2
+    al = [r for r in res.tables["alignment"] if r["model"] == "tiny-bert"]
+    assert {r["method"] for r in al} == {"baseline", "closed_form", "trained"}
+    assert all(math.isfinite(r["kl_floor"]) for r in al)
+    cross = next(r for r in res.records if r["unit"]["task"] == "crossmodel")["result"]
+    assert cross["encoders"] == [False, True] and np.asarray(cross["matrix"]).shape == (4, 4)
+    assert np.isfinite(np.asarray(cross["matrix"], dtype=float)).all() and cross["n_rows"] > 50
 
 
 # ----- real models -------------------------------------------------------------------------------------------

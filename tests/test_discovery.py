@@ -250,6 +250,21 @@ def test_end_to_end_on_tiny_llama(tiny_llama, tmp_path):
     assert dv.ScaleDiscovery.load(tmp_path / "d").boundaries == res.boundaries
 
 
+def test_end_to_end_on_a_random_encoder():
+    from msma_lens import tl
+    from msma_lens.io.corpus import load_corpus
+    from msma_lens.io.models import load_model
+
+    if tl.tl_major() < 3:
+        pytest.skip("tiny-bert loads through TransformerBridge (TL >= 3)")
+    res = Scales.discover(load_model("tiny-bert"), load_corpus(), max_docs=12, n_boot=4, max_tokens=300, info_tokens=200,
+                          n_folds=3, progress=False)
+    assert res.provenance["causal"] is False and res.scales.layers == (0, 1, 2, 3) and len(res.boundaries) == 2
+    assert all(lo <= b <= hi for b, (lo, hi) in zip(res.boundaries, res.boundary_ci))
+    assert res.config["n_tokens"] == 300 and res.probe_info["topic"]["n"] == 12
+    assert (res.profiles["attn_span"] > 2).all()  # bidirectional: no causal-only formula
+
+
 @pytest.mark.slow
 def test_smollm2_discovery(smollm2):
     t0 = time.perf_counter()

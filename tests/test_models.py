@@ -396,3 +396,37 @@ def test_offline_gguf_model_greedy_matches_hf_generate(name, capfd):
     assert json.loads((models_mod.cache_dir() / name / "manifest.json").read_text()) == man
     with torch.no_grad():
         torch.testing.assert_close(again(ids), logits)
+
+
+@pytest.mark.skipif(_tl.tl_major() < 3, reason="tiny-bert loads through TransformerBridge (TL >= 3)")
+def test_tiny_bert_is_an_encoder_matching_hugging_face():
+    """The random BERT encoder: [CLS]/[SEP] flagged, residuals equal HF's own hidden states, batched == single."""
+    import msma_lens as ml
+
+    m = load_model("tiny-bert", seed=1)
+    assert _tl.is_encoder(m) and m.cfg.n_layers == 4 and m.cfg.d_model == 64
+    toks, mask, content = _tl.to_tokens(m, ["Rain fell on the city."])
+    assert toks[0, 0] == m.tokenizer.cls_token_id and toks[0, -1] == m.tokenizer.sep_token_id
+    assert not content[0, 0] and not content[0, -1] and content[0, 1:-1].all()
+    hf, _, _ = models_mod._tiny_hf("tiny-bert", seed=1, n_layers=4, d_model=64)
+    with torch.no_grad():
+        hs = hf(toks, attention_mask=mask, output_hidden_states=True).hidden_states
+    _, cache = m.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_resid_post"))
+    for layer in range(4):
+        torch.testing.assert_close(cache[f"blocks.{layer}.hook_resid_post"], hs[layer + 1], atol=1e-5, rtol=1e-5)
+    lens = ml.MSMA(m)
+    texts = ["A short sentence about rain.", "Another, slightly longer sentence about the market and prices."]
+    a = lens.capture(texts, pooling="mean", batch_size=2, progress=False)
+    b = lens.capture(texts, pooling="mean", batch_size=1, progress=False)
+    for s in a.scale_names:
+        torch.testing.assert_close(a[s], b[s], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="is an encoder .* cannot generate"):
+        lens.generate(["hi"], max_new_tokens=3, do_sample=False)
+    with pytest.raises(ConfigError, match="load_hf_model takes an offline causal-LM name"):
+        models_mod.load_hf_model("tiny-bert")
+
+
+@pytest.mark.skipif("hooked" not in BACKENDS, reason="needs the HookedTransformer backend")
+def test_tiny_bert_on_the_hooked_backend_is_refused():
+    with pytest.raises(ConfigError, match="tiny-bert is available through TransformerBridge only"):
+        load_model("tiny-bert", backend="hooked")

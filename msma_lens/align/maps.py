@@ -62,12 +62,12 @@ _SEED_BATCH, _SEED_EVAL_PERM, _SEED_EVAL_CURV, _SEED_CURV, _SEED_CURV_REF = 0, 1
 class CrossScaleMap(nn.Module):
     """``f(x) = exp(a)·x W + b + g(x)`` with ``W`` on the Stiefel manifold (geoopt).
 
-    ``manifold="canonical"`` (default; ``CanonicalStiefel``: the canonical metric's Cayley-type retraction and
-    transport, a d×d solve per step) or ``"euclidean"`` (geoopt ``EuclideanStiefel``: Euclidean metric, QR
-    retraction, the optimiser's momentum projected onto the new tangent space; 0.4–0.86× the time per step at
-    d = 576 with the same held-out geometry in measurements on a loaded machine, see
-    ``benchmarks/bench_manifold.py``; at equal ``stiefel_lr`` its steps are about 1/√2 as long). ``residual_hidden > 0`` adds ``g = Linear → GELU → Linear``
-    with a zero-initialised last layer (so ``g ≡ 0`` at init).
+    ``manifold="canonical"`` (``CanonicalStiefel``: the canonical metric's Cayley-type retraction and transport, a
+    d×d solve per step; geoopt's default) or ``"euclidean"`` (geoopt ``EuclideanStiefel``: Euclidean metric, QR
+    retraction, the optimiser's momentum projected onto the new tangent space; 0.68× the time per step on SmolLM2
+    at d = 576 with an equal or lower held-out residual, ``benchmarks/RESULTS.md``; at equal ``stiefel_lr`` its steps
+    are about 1/√2 as long). ``lens.fit`` uses ``"euclidean"``. ``residual_hidden > 0`` adds
+    ``g = Linear → GELU → Linear`` with a zero-initialised last layer (so ``g ≡ 0`` at init).
     """
 
     def __init__(self, d_in: int, d_out: int, *, residual_hidden: int = 0, manifold: str = "canonical"):
@@ -221,9 +221,10 @@ class MapTrainConfig:
     evaluations (``None`` disables early stopping). λ defaults are the published ones (0.1, 0.1, 0.01).
     ``critic="concat"`` evaluates an MLP on all B² pairs (expensive at B = 512). ``init`` is ``"procrustes"``
     (closed form; recommended) or ``"identity"``. ``device``, ``checkpoint_dir`` and ``checkpoint_every`` do not
-    affect the result. ``manifold``: ``"canonical"`` (default) or ``"euclidean"`` (QR retraction, momentum
-    projected onto the tangent space; cheaper per step, not yet the default: the ≥ 25% speed-up must be confirmed
-    on a quiet machine); checkpoints record it, and resuming with the other one is refused.
+    affect the result. ``manifold``: ``"canonical"`` (this class's default, the published setting) or ``"euclidean"``
+    (QR retraction, momentum projected onto the tangent space; 0.68× the time per step on SmolLM2 at an equal or
+    lower held-out residual, and the default of :func:`msma_lens.align.protocol.default_train_config`, i.e. of
+    ``lens.fit``); checkpoints record it, and resuming with the other one is refused.
 
     ``curv_scale``: ``"absolute"`` (default, the published penalty E‖Δ²g‖²/ε⁴; at λ_curv = 0.01 on SmolLM2 it is
     ~1e-7 against ~0.06 for the geometry term, i.e. inert) or ``"relative"``: the penalty divided by that of a

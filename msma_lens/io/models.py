@@ -129,7 +129,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | torch.device 
     return model
 
 
-_CAUSAL = [n for n, s in REGISTRY.items() if s.kind in ("gguf", "random")]
+_CAUSAL = [n for n, s in REGISTRY.items() if s.kind in ("gguf", "random") and s.causal]
 
 
 def load_hf_model(name: str = DEFAULT_MODEL, *, seed: int = 0, n_layers: int | None = None,
@@ -137,7 +137,7 @@ def load_hf_model(name: str = DEFAULT_MODEL, *, seed: int = 0, n_layers: int | N
     """A fresh Hugging Face ``(model, tokenizer)`` with the same weights as ``load_model(name)``; no TransformerLens.
 
     The independent oracle for the TransformerLens paths: Hugging Face's own ``generate`` and forward pass on
-    the weights the lens sees. Offline causal-LM names only (the GGUF models and ``tiny-gpt2``/``tiny-llama``).
+    the weights the lens sees. Offline causal-LM names only (the GGUF models and ``tiny-gpt2``/``tiny-llama``; not ``tiny-bert``).
     """
     if name not in _CAUSAL:
         raise ConfigError(f"load_hf_model takes an offline causal-LM name ({_CAUSAL}), got {name!r}")
@@ -151,6 +151,8 @@ def load_hf_model(name: str = DEFAULT_MODEL, *, seed: int = 0, n_layers: int | N
 
 def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_model: int | None, progress: bool) -> Any:
     spec = REGISTRY.get(name_or_path)
+    if spec is not None and spec.kind == "random" and not spec.causal and be == "hooked":
+        raise ConfigError(f"{name_or_path} is available through TransformerBridge only (backend='bridge', TL >= 3)")
     if spec is not None and spec.kind == "random":
         model = _load_tiny(name_or_path, be, seed=seed, n_layers=n_layers or 4, d_model=d_model or 64)
     elif spec is not None and spec.kind == "gguf":
@@ -413,6 +415,42 @@ def tiny_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
 
 
+def tiny_wordpiece_tokenizer() -> Any:
+    """A small BERT-style WordPiece tokenizer (vocab 512, lower-cased, ``[CLS] text [SEP]``) built offline and cached."""
+    from transformers import AutoTokenizer
+
+    d = cache_dir() / "tokenizers" / "tiny-wordpiece-512-v1"
+    if not (d / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tk.decoder = decoders.WordPiece()
+        alphabet = [chr(c) for c in range(33, 127)]
+        trainer = trainers.WordPieceTrainer(vocab_size=512, special_tokens=special, initial_alphabet=alphabet,
+                                            show_progress=False)
+        tk.train_from_iterator([_TOKENIZER_TEXT] * 4, trainer=trainer)
+        cls, sep = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
+        tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                          special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                       sep_token="[SEP]", mask_token="[MASK]")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny-wordpiece.", dir=d.parent))
+        fast.save_pretrained(str(tmp))
+        tc = json.loads((tmp / "tokenizer_config.json").read_text())
+        tc["tokenizer_class"] = "PreTrainedTokenizerFast"
+        write_json_atomic(tmp / "tokenizer_config.json", tc)
+        try:
+            os.replace(tmp, d)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+
+
 # Untied embeddings and a wider initialisation than HF's 0.02: with the defaults, a random model's residual stream
 # is its input embedding and greedy decoding repeats the last prompt token forever, so generation tests (KV-cache
 # parity, the Hugging Face oracle) could not tell a correct decoder from a broken one.
@@ -423,10 +461,17 @@ def _tiny_hf(name: str, *, seed: int, n_layers: int, d_model: int) -> tuple[Any,
     """The Hugging Face model behind a tiny random model, its tokenizer and its config directory."""
     if n_layers < 1 or d_model < 8 or d_model % 4:
         raise ConfigError(f"tiny models need n_layers >= 1 and d_model a multiple of 4 (>= 8), got {n_layers}, {d_model}")
-    tok = tiny_tokenizer()
+    tok = tiny_wordpiece_tokenizer() if name == "tiny-bert" else tiny_tokenizer()
     V = len(tok)
     torch.manual_seed(seed)
-    if name == "tiny-gpt2":
+    if name == "tiny-bert":
+        from transformers import BertConfig, BertForMaskedLM
+
+        cfg = BertConfig(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=4, intermediate_size=2 * d_model,
+                         vocab_size=V, max_position_embeddings=1024, initializer_range=_TINY_INIT,
+                         pad_token_id=tok.pad_token_id, architectures=["BertForMaskedLM"])
+        hf = BertForMaskedLM(cfg)
+    elif name == "tiny-gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
         cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=4, vocab_size=V, n_positions=1024,

@@ -118,6 +118,11 @@ class OfflineModel:
             raise ConfigError(f"OfflineModel {self.name!r}: size must be > 0, got {self.size}")
 
     @property
+    def causal(self) -> bool:
+        """A causal language model (it generates); False for the BERT-style encoders."""
+        return self.kind != "encoder" and not self.architecture.startswith("Bert")
+
+    @property
     def requirements(self) -> list[str]:
         return [p.requirement for p in self.packages]
 
@@ -227,6 +232,9 @@ REGISTRY: dict[str, OfflineModel] = {m.name: m for m in [
     OfflineModel("tiny-llama", "random Llama-style model (4 layers, d=64, GQA, RoPE) with the same tokenizer; for tests",
                  "random", label="tiny-llama", architecture="LlamaForCausalLM", n_layers=4, d_model=64, heads="4 / 2 KV",
                  licence="none needed (random weights generated locally)"),
+    OfflineModel("tiny-bert", "random BERT-style encoder (4 layers, d=64) with an offline WordPiece tokenizer ([CLS]/[SEP]); "
+                 "for tests", "random", label="tiny-bert", architecture="BertForMaskedLM", n_layers=4, d_model=64, heads="4",
+                 licence="none needed (random weights generated locally)", notes="encoder: capture only, no generation"),
 ]}
 
 
