@@ -481,3 +481,14 @@ def test_compare_two_real_models_decoder_and_encoder(tmp_path):
     cross = next(r for r in res.records if r["unit"]["task"] == "crossmodel")["result"]
     assert np.asarray(cross["matrix"]).shape == (30, 6) and cross["n_rows"] > 100
     assert all(math.isfinite(r["kl_floor"]) for r in res.tables["alignment"])
+
+
+def test_switching_models_frees_the_previous_one():
+    import weakref
+
+    tasks._CACHE.clear()
+    first = weakref.ref(tasks.get_model("tiny-gpt2"))
+    assert tasks.get_model("tiny-gpt2") is first()  # cached while it is the current model
+    tasks.get_model("tiny-llama")
+    assert first() is None  # gone at once (reference cycles included), not at the next garbage collection
+    tasks._CACHE.clear()

@@ -45,11 +45,27 @@ def get_model(name: str, device: str | None = None) -> Any:
     """``load_model(name)``, keeping the last model loaded in this process (units are ordered by model)."""
     key = f"{name}@{device}"
     if key not in _CACHE:
-        _CACHE.clear()
+        if _CACHE:
+            _CACHE.clear()
+            _release_memory()
         m = load_model(name, device=device or "cpu")
         m.eval()
         _CACHE[key] = m
     return _CACHE[key]
+
+
+def _release_memory() -> None:
+    """Free the previous model now and hand freed heap pages back to the OS (glibc ``malloc_trim``), so a suite's
+    resident memory follows the current model rather than the sum of the models before it (measured on Gemma:
+    after ``del`` + ``gc`` 789 MiB resident, after the trim 583 MiB)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def partition(store: ResultStore, model_name: str, n_layers: int) -> tuple[Scales, str]:
