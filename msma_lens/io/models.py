@@ -469,7 +469,8 @@ def _tiny_hf(name: str, *, seed: int, n_layers: int, d_model: int) -> tuple[Any,
 
         cfg = BertConfig(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=4, intermediate_size=2 * d_model,
                          vocab_size=V, max_position_embeddings=1024, initializer_range=_TINY_INIT,
-                         pad_token_id=tok.pad_token_id, architectures=["BertForMaskedLM"])
+                         pad_token_id=tok.pad_token_id, architectures=["BertForMaskedLM"],
+                         attn_implementation="eager")  # as the bridge loads BERT itself: TL 3.x hooks no SDPA pattern
         hf = BertForMaskedLM(cfg)
     elif name == "tiny-gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
