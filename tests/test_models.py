@@ -430,3 +430,18 @@ def test_tiny_bert_is_an_encoder_matching_hugging_face():
 def test_tiny_bert_on_the_hooked_backend_is_refused():
     with pytest.raises(ConfigError, match="tiny-bert is available through TransformerBridge only"):
         load_model("tiny-bert", backend="hooked")
+
+
+def test_tiny_tokenizers_are_built_identically_in_fresh_processes(tmp_path):
+    """Same seed, same model: a token must get the same id (and so the same embedding row) on every machine."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from msma_lens.io.models import tiny_tokenizer, tiny_wordpiece_tokenizer as w; tiny_tokenizer(); w()")
+    for run in ("a", "b"):
+        env = {**os.environ, "MSMA_LENS_CACHE": str(tmp_path / run), "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    for name in ("tiny-bpe-512-v2", "tiny-wordpiece-v2"):
+        a, b = (tmp_path / r / "tokenizers" / name / "tokenizer.json" for r in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes(), name

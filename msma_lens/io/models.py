@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -382,27 +383,16 @@ _TOKENIZER_TEXT = (
 )
 
 
-def tiny_tokenizer() -> Any:
-    """A small byte-level BPE tokenizer (vocab 512) built offline, saved in the cache and reloaded from disk.
-
-    TransformerLens reloads tokenizers by ``name_or_path``, so an in-memory tokenizer would not survive.
-    """
+def _cached_tokenizer(name: str, build: Callable[[], Any]) -> Any:
+    """The tokenizer cached under ``<cache>/tokenizers/name``, made by ``build()`` (a ``PreTrainedTokenizerFast``) once
+    and saved atomically; always reloaded from disk (TransformerLens reloads tokenizers by ``name_or_path``)."""
     from transformers import AutoTokenizer
 
-    d = cache_dir() / "tokenizers" / "tiny-bpe-512-v2"
+    d = cache_dir() / "tokenizers" / name
     if not (d / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import PreTrainedTokenizerFast
-
-        tk = Tokenizer(models.BPE())
-        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tk.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tk.train_from_iterator([_TOKENIZER_TEXT] * 4, trainer=trainer)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
+        fast = build()
         d.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-bpe.", dir=d.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=d.parent))
         fast.save_pretrained(str(tmp))
         # transformers 5 writes "TokenizersBackend", which transformers 4 (TL 2.x) cannot load
         tc = json.loads((tmp / "tokenizer_config.json").read_text())
@@ -415,40 +405,49 @@ def tiny_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
 
 
-def tiny_wordpiece_tokenizer() -> Any:
-    """A small BERT-style WordPiece tokenizer (vocab 512, lower-cased, ``[CLS] text [SEP]``) built offline and cached."""
-    from transformers import AutoTokenizer
+def tiny_tokenizer() -> Any:
+    """A small byte-level BPE tokenizer (vocab 512) built offline, saved in the cache and reloaded from disk."""
 
-    d = cache_dir() / "tokenizers" / "tiny-wordpiece-512-v1"
-    if not (d / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    def build() -> Any:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import PreTrainedTokenizerFast
 
-        special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tk.train_from_iterator([_TOKENIZER_TEXT] * 4, trainer=trainer)
+        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
+
+    return _cached_tokenizer("tiny-bpe-512-v2", build)
+
+
+def tiny_wordpiece_tokenizer() -> Any:
+    """A small BERT-style WordPiece tokenizer (fixed vocabulary: characters, "##" characters and the words of a short
+    text; lower-cased; ``[CLS] text [SEP]``) built offline and cached."""
+
+    def build() -> Any:
+        import re
+
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        # a fixed vocabulary, not a trained one: WordPiece training orders the "##" pieces differently from one
+        # process to the next, which would change which embedding row a token gets under the same seed
+        chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+        words = sorted(set(re.findall(r"[a-z]+", _TOKENIZER_TEXT.lower())))
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars if c.isalnum()), *words]
+        tk = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
         tk.normalizer = normalizers.BertNormalizer(lowercase=True)
         tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tk.decoder = decoders.WordPiece()
-        alphabet = [chr(c) for c in range(33, 127)]
-        trainer = trainers.WordPieceTrainer(vocab_size=512, special_tokens=special, initial_alphabet=alphabet,
-                                            show_progress=False)
-        tk.train_from_iterator([_TOKENIZER_TEXT] * 4, trainer=trainer)
-        cls, sep = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
         tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                          special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-        fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                                          special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                        sep_token="[SEP]", mask_token="[MASK]")
-        d.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-wordpiece.", dir=d.parent))
-        fast.save_pretrained(str(tmp))
-        tc = json.loads((tmp / "tokenizer_config.json").read_text())
-        tc["tokenizer_class"] = "PreTrainedTokenizerFast"
-        write_json_atomic(tmp / "tokenizer_config.json", tc)
-        try:
-            os.replace(tmp, d)
-        except OSError:  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+
+    return _cached_tokenizer("tiny-wordpiece-v2", build)
 
 
 # Untied embeddings and a wider initialisation than HF's 0.02: with the defaults, a random model's residual stream
