@@ -128,7 +128,10 @@ def test_local_directory_model(tmp_path):
 def test_minilm_capture_batched_equals_single_and_no_generation():
     import msma_lens as ml
 
-    lens = ml.MSMA(load_model("minilm-l6"))
+    _encoder_capture_is_batch_invariant_and_cannot_generate(ml.MSMA(load_model("minilm-l6")))
+
+
+def _encoder_capture_is_batch_invariant_and_cannot_generate(lens) -> None:
     texts = ["A short sentence about rain.", "Another, slightly longer sentence about the market and prices."]
     a = lens.capture(texts, pooling="mean", batch_size=2, progress=False)
     b = lens.capture(texts, pooling="mean", batch_size=1, progress=False)
@@ -414,14 +417,7 @@ def test_tiny_bert_is_an_encoder_matching_hugging_face():
     _, cache = m.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_resid_post"))
     for layer in range(4):
         torch.testing.assert_close(cache[f"blocks.{layer}.hook_resid_post"], hs[layer + 1], atol=1e-5, rtol=1e-5)
-    lens = ml.MSMA(m)
-    texts = ["A short sentence about rain.", "Another, slightly longer sentence about the market and prices."]
-    a = lens.capture(texts, pooling="mean", batch_size=2, progress=False)
-    b = lens.capture(texts, pooling="mean", batch_size=1, progress=False)
-    for s in a.scale_names:
-        torch.testing.assert_close(a[s], b[s], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ConfigError, match="is an encoder .* cannot generate"):
-        lens.generate(["hi"], max_new_tokens=3, do_sample=False)
+    _encoder_capture_is_batch_invariant_and_cannot_generate(ml.MSMA(m))
     with pytest.raises(ConfigError, match="load_hf_model takes an offline causal-LM name"):
         models_mod.load_hf_model("tiny-bert")
 
