@@ -1,6 +1,6 @@
 """Capture SmolLM2 activations per scale, tune and fit f_GI and f_IL, print held-out metrics and an ablation table.
 
-    python examples/align_smollm2.py            # ~45 CPU-minutes on one thread (the 5-seed ablation is most of it)
+    python examples/align_smollm2.py            # ~20 minutes on one idle CPU thread (the 5-seed ablation is most of it)
 """
 
 import torch
