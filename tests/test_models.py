@@ -423,9 +423,10 @@ def test_tiny_bert_is_an_encoder_matching_hugging_face():
 
 
 @pytest.mark.skipif("hooked" not in BACKENDS, reason="needs the HookedTransformer backend")
-def test_tiny_bert_on_the_hooked_backend_is_refused():
-    with pytest.raises(ConfigError, match="tiny-bert is available through TransformerBridge only"):
-        load_model("tiny-bert", backend="hooked")
+@pytest.mark.parametrize("name", ["tiny-bert", "minilm-l6"])
+def test_encoders_on_the_hooked_backend_are_refused(name):
+    with pytest.raises(ConfigError, match=f"{name} is available through TransformerBridge only"):
+        load_model(name, backend="hooked")
 
 
 def test_tiny_tokenizers_are_built_identically_in_fresh_processes(tmp_path):

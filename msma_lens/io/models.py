@@ -152,7 +152,7 @@ def load_hf_model(name: str = DEFAULT_MODEL, *, seed: int = 0, n_layers: int | N
 
 def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_model: int | None, progress: bool) -> Any:
     spec = REGISTRY.get(name_or_path)
-    if spec is not None and spec.kind == "random" and not spec.causal and be == "hooked":
+    if spec is not None and not spec.causal and be == "hooked":  # the BERT-style encoders (MiniLM, tiny-bert)
         raise ConfigError(f"{name_or_path} is available through TransformerBridge only (backend='bridge', TL >= 3)")
     if spec is not None and spec.kind == "random":
         model = _load_tiny(name_or_path, be, seed=seed, n_layers=n_layers or 4, d_model=d_model or 64)
@@ -160,8 +160,6 @@ def _load(name_or_path: str, be: str, *, seed: int, n_layers: int | None, d_mode
         hf, tok, local = gguf_hf(name_or_path, progress=progress)
         model = _wrap_hf(hf, tok, local, be, name_or_path)
     elif spec is not None and spec.kind == "encoder":
-        if be == "hooked":
-            raise ConfigError(f"{name_or_path} is available through TransformerBridge only (backend='bridge', TL >= 3)")
         from transformer_lens.model_bridge import TransformerBridge
 
         local = str(spec.part_paths()[0])
